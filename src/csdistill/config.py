@@ -148,6 +148,8 @@ class EvalConfig:
     max_examples: int = _f(0, "evaluate at most this many examples per set (0 = all)")
     output_dir: str = _f("", "where results JSON and generations go; empty = <train.output_dir>/eval")
     fidelity: bool = _f(True, "teacher-forced fidelity metrics (needs a teacher)")
+    calibration_bins: int = _f(15, "equal-width confidence bins of the expected calibration error")
+    comet_model: str = _f("", "optional COMET checkpoint path (needs the unbabel-comet package); empty = no COMET")
 
 
 @dataclass

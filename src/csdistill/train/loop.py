@@ -1,0 +1,257 @@
+"""The training loop, top to bottom: setup -> (window -> counts -> backward per part -> clip -> step)
+-> log / evaluate / checkpoint. Every mode shares it; modes differ only in their batch source
+(steps.py) and objective (objective.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+
+from csdistill.checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint
+from csdistill.config import Config, config_hash, loss_params, to_yaml
+from csdistill.train.dataset import load_train_data
+from csdistill.train.logging import MetricsLogger
+from csdistill.train.objective import Objective, part_loss, validation_loss, window_counts
+from csdistill.train.schedules import build_scheduler, total_steps
+from csdistill.train.steps import BatchSource
+
+MetricCallback = Callable[[int, torch.nn.Module, object], dict]  # (step, student, tokenizer) -> metrics
+PAUSE_ENV = "CSDISTILL_PAUSE_AFTER_STEP"  # test hook: sleep after this step so a test can SIGKILL the run
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    checkpoint: Path | None  # the final checkpoint; the student is at checkpoint / "model"
+    step: int
+    loss: float | None  # last logged training loss
+    val_loss: float | None  # last validation loss
+    history: list[dict] = field(default_factory=list)  # the rows of metrics.jsonl
+
+    @property
+    def model_path(self) -> Path | None:
+        return None if self.checkpoint is None else self.checkpoint / "model"
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, built once by `setup`."""
+
+    cfg: Config
+    accelerator: Accelerator
+    student: torch.nn.Module  # prepared (DDP/FSDP-wrapped when distributed)
+    teacher: torch.nn.Module | None
+    tokenizer: object
+    objective: Objective
+    source: BatchSource
+    validation: list[dict]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    total_steps: int
+    callbacks: list[MetricCallback]
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.student)
+
+
+def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16: autocast matmuls to bfloat16 (CPU: AMX); losses still upcast to float32 inside."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def load_models(cfg: Config):
+    """(tokenizer, student, teacher or None, shared vocab size); the vocab check runs before any step."""
+    from csdistill.models import check_vocab, load_student, load_teacher, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, fallback=cfg.teacher.name_or_path)
+    student = load_student(cfg, tokenizer)
+    if cfg.train.mode == "sft":
+        return tokenizer, student, None, student.get_output_embeddings().weight.shape[0]
+    teacher_tokenizer = load_tokenizer(cfg.teacher.name_or_path, fallback=cfg.model.tokenizer)
+    teacher = load_teacher(cfg, teacher_tokenizer)
+    teacher.requires_grad_(False).eval()  # frozen: never receives gradient
+    vocab_size = check_vocab(tokenizer, teacher_tokenizer, student, teacher)
+    return tokenizer, student, teacher, vocab_size
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and norm gains (1-D tensors), as in the reference code."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.train.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas))
+
+
+def _place_teacher(accelerator: Accelerator, teacher: torch.nn.Module) -> torch.nn.Module:
+    """DDP/single process: a plain copy per process. ZeRO-3 shards the teacher too: it must go through
+    DeepSpeed as an inference engine (see configs/accelerate/deepspeed_zero3.yaml)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        import deepspeed
+
+        config = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1,
+                  "bf16": {"enabled": teacher.dtype == torch.bfloat16}}
+        engine, *_ = deepspeed.initialize(model=teacher, config=config)
+        return engine.eval()
+    return teacher.to(accelerator.device)
+
+
+def setup(cfg: Config, callbacks: list[MetricCallback]) -> Run:
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    # cpu=True without CUDA: under torchrun (`accelerate launch`, configs/accelerate/cpu_2proc.yaml) that
+    # selects multi-process CPU data parallel with gloo. Precision: autocast_for / the model dtype (the
+    # shipped accelerate configs keep mixed_precision 'no', except DeepSpeed, which needs its bf16 flag).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.is_main_process:
+        print(f"csdistill: resolved config (hash {config_hash(cfg)}):\n{to_yaml(cfg)}", flush=True)
+        Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.train.output_dir) / "config.yaml").write_text(to_yaml(cfg))
+    tokenizer, student, teacher, vocab_size = load_models(cfg)
+    data = load_train_data(cfg, tokenizer)
+    steps = total_steps(cfg.train, len(data.train), accelerator.num_processes)
+    optimizer = build_optimizer(cfg, student)
+    scheduler = build_scheduler(optimizer, cfg.train, steps)  # stepped by us once per optimizer step
+    student, optimizer = accelerator.prepare(student, optimizer)
+    if teacher is not None:
+        teacher = _place_teacher(accelerator, teacher)
+    autocast = autocast_for(cfg.model.precision, accelerator.device)
+    objective = Objective(cfg, None if teacher is None else _loss_fn(cfg), loss_params(cfg.loss) if teacher else {},
+                          vocab_size, autocast)
+    source = BatchSource(cfg, data, tokenizer, accelerator.process_index, accelerator.num_processes, steps)
+    return Run(cfg, accelerator, student, teacher, tokenizer, objective, source, data.validation,
+               optimizer, scheduler, steps, list(callbacks))
+
+
+def _loss_fn(cfg: Config) -> Callable:
+    from csdistill.losses import get_loss
+
+    return get_loss(cfg.loss.name, **loss_params(cfg.loss))
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def train_step(run: Run, step: int) -> dict:
+    """One optimizer step over a window of grad_accum micro-batches; returns this process's share
+    of the loss and the global token count."""
+    acc = run.accelerator
+    window = run.source.window(step, run.unwrapped, run.teacher, run.objective.autocast)
+    counts = window_counts(acc, window)  # global valid-token counts, known before the first backward
+    units = [(micro, name) for micro in window for name in micro.parts]
+    loss_share = 0.0
+    for i, (micro, name) in enumerate(units):
+        last = i == len(units) - 1
+        with contextlib.nullcontext() if last else acc.no_sync(run.student):  # all-reduce once per step
+            loss = part_loss(run.objective, run.student, run.teacher, name,
+                             _to_device(micro.parts[name], acc.device), counts[name].to(acc.device))
+            acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes; undo that
+        loss_share += loss.item()
+    grad_norm = acc.clip_grad_norm_(run.student.parameters(), run.cfg.train.grad_clip) if run.cfg.train.grad_clip > 0 else None
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_share, "tokens": float(counts["tokens"]), "source": window[0].source,
+            "grad_norm": None if grad_norm is None else float(grad_norm)}
+
+
+def evaluate(run: Run, step: int) -> dict:
+    """Validation loss (all processes) and the metric callbacks (main process, unwrapped student)."""
+    metrics: dict = {}
+    val = validation_loss(run.objective, run.accelerator, run.unwrapped, run.teacher, run.validation,
+                          run.tokenizer.pad_token_id)
+    if val is not None:
+        metrics["val_loss"] = val
+        if run.source.adaptive is not None:  # identical on all processes: val is reduced
+            run.source.adaptive.update(val)
+            metrics["adaptive_threshold"] = run.source.adaptive.threshold
+    if run.accelerator.is_main_process:
+        for callback in run.callbacks:
+            metrics.update(callback(step, run.unwrapped, run.tokenizer) or {})
+    run.accelerator.wait_for_everyone()
+    return metrics
+
+
+def save(run: Run, step: int, final: bool) -> Path:
+    trainer_state = {"step": step, "total_steps": run.total_steps, "seed": run.cfg.train.seed,
+                     "world_size": run.accelerator.num_processes, "config_hash": config_hash(run.cfg),
+                     "source": run.source.state_dict()}
+    rank_state = {"rng": rng_state(), **run.source.rank_state_dict()}
+    return save_checkpoint(run.cfg.train.output_dir, step, accelerator=run.accelerator, model=run.student,
+                           tokenizer=run.tokenizer, optimizer=run.optimizer, scheduler=run.scheduler,
+                           trainer_state=trainer_state, rank_state=rank_state, config_yaml=to_yaml(run.cfg),
+                           final=final, keep=run.cfg.train.keep_checkpoints)
+
+
+def resume(run: Run) -> tuple[int, Path | None]:
+    """(first step to run, checkpoint resumed from) per train.resume."""
+    path = resolve_resume(run.cfg.train.resume, run.cfg.train.output_dir)
+    if path is None:
+        return 0, None
+    trainer_state, rank_state = load_checkpoint(path, accelerator=run.accelerator, model=run.student,
+                                                optimizer=run.optimizer, scheduler=run.scheduler)
+    run.source.load_state_dict(trainer_state["source"])
+    run.source.load_rank_state_dict(rank_state)
+    if run.accelerator.is_main_process:
+        print(f"csdistill: resumed from {path} at step {trainer_state['step']}", flush=True)
+    return int(trainer_state["step"]), path
+
+
+def _pause_for_tests(step: int, output_dir: str) -> None:
+    if os.environ.get(PAUSE_ENV) == str(step):
+        (Path(output_dir) / f"paused-at-{step}").write_text(str(os.getpid()))
+        time.sleep(600)
+
+
+def _due(done: int, every: int, total: int) -> bool:
+    return done == total or (every > 0 and done % every == 0)
+
+
+def train(cfg: Config, callbacks: list[MetricCallback] | tuple = ()) -> TrainResult:
+    """Train the student per `cfg` (any mode); checkpoints, metrics.jsonl/csv under train.output_dir."""
+    run = setup(cfg, list(callbacks))
+    acc, t = run.accelerator, cfg.train
+    start, checkpoint = resume(run)
+    logger = MetricsLogger(t.output_dir, enabled=acc.is_main_process, total_steps=run.total_steps,
+                           start_step=start, progress=t.progress, tensorboard=t.tensorboard)
+    pending = {"loss": 0.0, "steps": 0, "tokens": 0.0, "seconds": 0.0}  # since the last log row
+    last_loss = last_val = None
+    t0 = time.perf_counter()
+    for step in range(start, run.total_steps):
+        lr = run.scheduler.get_last_lr()[0]  # the lr this step uses
+        step_start = time.perf_counter()
+        stats = train_step(run, step)
+        done = step + 1
+        for key, value in (("loss", stats["loss"]), ("steps", 1), ("tokens", stats["tokens"]),
+                           ("seconds", time.perf_counter() - step_start)):  # eval/save time is not throughput
+            pending[key] += value
+        row: dict = {}
+        if _due(done, t.log_every, run.total_steps):
+            loss_sum = acc.reduce(torch.tensor(pending["loss"], device=acc.device), reduction="sum").item()
+            last_loss = loss_sum / pending["steps"]
+            row = {"step": done, "loss": last_loss, "lr": lr, "tokens_per_s": pending["tokens"] / max(pending["seconds"], 1e-9),
+                   "elapsed": time.perf_counter() - t0, "grad_norm": stats["grad_norm"], "source": stats["source"]}
+            pending = dict.fromkeys(pending, 0.0)
+        if _due(done, cfg.eval.eval_every, run.total_steps):
+            metrics = evaluate(run, done)
+            last_val = metrics.get("val_loss", last_val)
+            row = {"step": done, **row, **metrics}
+        if row:
+            logger.log({k: v for k, v in row.items() if v is not None})
+        if _due(done, t.save_every, run.total_steps):
+            checkpoint = save(run, done, final=done == run.total_steps)
+        logger.advance()
+        _pause_for_tests(done, t.output_dir)
+    logger.close()
+    return TrainResult(Path(t.output_dir), checkpoint, max(start, run.total_steps), last_loss, last_val, logger.history)

@@ -1,0 +1,149 @@
+"""The training objective of one micro-batch part, the window's token counts, and validation loss.
+
+Normalisation (method.md §1 Reduction): every part's per-position losses are summed and divided by
+that part's valid-token count over the WHOLE accumulation window and all processes, counted before
+the first backward. The gradient of the step is then the gradient of one big-batch token mean,
+whatever grad_accum and the number of processes (DDP averages gradients over processes, so each
+process scales its loss by the number of processes).
+
+  response parts:  kd_ratio · loss.scale · distill + (1 − kd_ratio) · CE     (sft: CE)
+  paired:          the same on teacher_response and student_response, summed
+  lm part:         train.lm_coef · CE on the plain-text batch
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from csdistill.config import Config
+from csdistill.losses import cross_entropy, fused_linear_distill
+from csdistill.losses.reduce import count_valid, shift_labels, token_mean, valid_mask
+
+
+@dataclass
+class Objective:
+    cfg: Config
+    loss_fn: Callable | None  # per-position distillation loss (None in sft mode)
+    loss_params: dict
+    vocab_size: int  # shared id range of student and teacher: compare logits[..., :vocab_size]
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+def window_counts(accelerator, window) -> dict[str, torch.Tensor]:
+    """Per part name: valid (predicting) positions over the window, summed over processes; plus
+    'tokens' (non-pad input tokens, for throughput). Every process holds the same part names."""
+    names = sorted({name for micro in window for name in micro.parts})
+    local = torch.zeros(len(names) + 1, dtype=torch.float64)
+    for micro in window:
+        for name, batch in micro.parts.items():
+            local[names.index(name)] += count_valid(shift_labels(batch["labels"]))
+            local[-1] += batch["attention_mask"].sum()
+    total = accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()
+    counts = {name: total[i].clamp(min=1.0).float() for i, name in enumerate(names)}  # all-masked: loss 0
+    counts["tokens"] = total[-1]
+    return counts
+
+
+def _forward_logits(model, batch: dict) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+
+
+def ce_term(objective: Objective, model, batch: dict, num_valid: torch.Tensor) -> torch.Tensor:
+    labels = shift_labels(batch["labels"])  # (B, T): label of the token each position predicts
+    valid = valid_mask(labels)  # (B, T); the loss maths runs on the N valid rows only
+    with objective.autocast():
+        logits = _forward_logits(model, batch)
+    return token_mean(cross_entropy(logits[valid], labels[valid]), labels[valid], num_valid_tokens=num_valid)
+
+
+def distill_term(objective: Objective, student, teacher, batch: dict, num_valid: torch.Tensor,
+                 kd_ratio: float = 1.0, scale: float = 1.0) -> torch.Tensor:
+    """kd_ratio · scale · token_mean(distill) + (1 − kd_ratio) · token_mean(CE), one part."""
+    if objective.cfg.loss.fused:
+        return _fused_distill_term(objective, student, teacher, batch, num_valid, kd_ratio, scale)
+    labels = shift_labels(batch["labels"])
+    valid = valid_mask(labels)  # (B, T); prompt and padding rows never reach the loss maths
+    V = objective.vocab_size
+    with objective.autocast():
+        student_logits = _forward_logits(student, batch)[valid]  # (N, V_student)
+        with torch.no_grad():
+            teacher_logits = _forward_logits(teacher, batch)[valid]  # (N, V_teacher)
+    per_position = objective.loss_fn(student_logits[:, :V], teacher_logits[:, :V])  # (N,) float32
+    loss = kd_ratio * scale * token_mean(per_position, labels[valid], num_valid_tokens=num_valid)
+    if kd_ratio < 1.0:
+        ce = cross_entropy(student_logits, labels[valid])  # (N,)
+        loss = loss + (1.0 - kd_ratio) * token_mean(ce, labels[valid], num_valid_tokens=num_valid)
+    return loss
+
+
+def _fused_distill_term(objective: Objective, student, teacher, batch: dict, num_valid: torch.Tensor,
+                        kd_ratio: float, scale: float) -> torch.Tensor:
+    from csdistill.models import hidden_states_and_head
+
+    labels = shift_labels(batch["labels"])
+    V = objective.vocab_size
+    with objective.autocast():
+        hidden, weight, bias = hidden_states_and_head(student, batch["input_ids"], batch["attention_mask"])  # (B,T,H), (V,H)
+        with torch.no_grad():
+            t_hidden, t_weight, t_bias = hidden_states_and_head(teacher, batch["input_ids"], batch["attention_mask"])
+    # The fused engine runs outside autocast (it writes into preallocated buffers): give it the
+    # tensors in the compute dtype autocast would have used, so its chunk matmuls match the unfused path.
+    cast = _compute_dtype_cast(objective)
+    distill = fused_linear_distill(
+        cast(hidden), cast(weight[:V]), cast(t_hidden), cast(t_weight[:V]), labels, loss=objective.cfg.loss.name,
+        chunk_size=objective.cfg.loss.chunk_size or None, student_bias=cast(None if bias is None else bias[:V]),
+        teacher_bias=cast(None if t_bias is None else t_bias[:V]), num_valid_tokens=num_valid, **objective.loss_params)
+    loss = kd_ratio * scale * distill
+    if kd_ratio < 1.0:
+        # The CE term needs student logits: computed at the valid positions only, (N, V).
+        valid = valid_mask(labels)
+        with objective.autocast():
+            logits = torch.nn.functional.linear(hidden[valid], weight, bias)  # (N, V)
+        ce = cross_entropy(logits, labels[valid])  # (N,)
+        loss = loss + (1.0 - kd_ratio) * token_mean(ce, labels[valid], num_valid_tokens=num_valid)
+    return loss
+
+
+def _compute_dtype_cast(objective: Objective) -> Callable:
+    """bf16 precision: cast head inputs to bfloat16 (differentiable; grads reach the fp32 weights)."""
+    if objective.cfg.model.precision != "bf16":
+        return lambda tensor: tensor
+    return lambda tensor: None if tensor is None else tensor.to(torch.bfloat16)
+
+
+def part_loss(objective: Objective, student, teacher, name: str, batch: dict, num_valid: torch.Tensor) -> torch.Tensor:
+    """The training loss of one part of a micro-batch (already divided by the window's count)."""
+    t = objective.cfg.train
+    if name == "lm":
+        return t.lm_coef * ce_term(objective, student, batch, num_valid)
+    if objective.loss_fn is None:  # sft
+        return ce_term(objective, student, batch, num_valid)
+    return distill_term(objective, student, teacher, batch, num_valid, t.kd_ratio, objective.cfg.loss.scale)
+
+
+@torch.no_grad()
+def validation_loss(objective: Objective, accelerator, student, teacher, examples: list[dict], pad_token_id: int) -> float | None:
+    """Token-mean loss on held-out dataset responses over all processes: CE for sft, else the
+    distillation loss alone (no kd_ratio, no loss.scale). None when there is no held-out data."""
+    from csdistill.data.collate import collate
+
+    shard = examples[accelerator.process_index::accelerator.num_processes]
+    sums = torch.zeros(2, dtype=torch.float64)  # (loss sum, valid positions)
+    was_training = student.training
+    student.eval()
+    for start in range(0, len(shard), objective.cfg.train.batch_size):
+        batch = collate(shard[start:start + objective.cfg.train.batch_size], pad_token_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        one = torch.ones((), device=accelerator.device)  # num_valid_tokens=1: the masked sum
+        if objective.loss_fn is None:
+            total = ce_term(objective, student, batch, one)
+        else:
+            total = distill_term(objective, student, teacher, batch, one)
+        sums += torch.tensor([total.item(), count_valid(shift_labels(batch["labels"]))], dtype=torch.float64)
+    student.train(was_training)
+    sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+    return None if sums[1] == 0 else float(sums[0] / sums[1])

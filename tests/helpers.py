@@ -1,0 +1,47 @@
+"""Tiny shared fixtures: the char tokenizer, tiny preset models, JSONL writing, toy instruction data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from csdistill.data.tokenizer import build_char_tokenizer
+from csdistill.models import load_model
+from csdistill.seeding import make_generator
+
+WORDS = ("cat", "dog", "sun", "red", "blue", "tree", "fish", "moon", "star", "rock", "milk", "bird")
+
+
+def tiny_tokenizer():
+    """A fresh character tokenizer (101 ids: 4 specials + printable ASCII, newline, tab); pad=0, eos=2."""
+    return build_char_tokenizer()
+
+
+def tiny_model(preset: str = "tiny-llama", seed: int = 0, vocab_size: int | None = None):
+    """A 2-layer preset model (eval mode) with vocab_size rows (default: the tiny tokenizer's size)."""
+    model = load_model(f"preset:{preset}", vocab_size=vocab_size or len(tiny_tokenizer()), seed=seed)
+    return model.eval()
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> Path:
+    """Write one JSON object per line (parent folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def toy_instruction_records(n: int, seed: int = 0) -> list[dict]:
+    """n deterministic instruction records: reverse or copy 2-4 words, e.g.
+    {"instruction": "reverse: cat sun", "input": "", "response": "sun cat"}."""
+    generator = make_generator(seed, 0, 0, "toy_records")
+    records = []
+    for _ in range(n):
+        count = int(torch.randint(2, 5, (1,), generator=generator))
+        words = [WORDS[int(i)] for i in torch.randint(0, len(WORDS), (count,), generator=generator)]
+        task = "reverse" if int(torch.randint(0, 2, (1,), generator=generator)) else "copy"
+        response = words[::-1] if task == "reverse" else words
+        records.append({"instruction": f"{task}: {' '.join(words)}", "input": "", "response": " ".join(response)})
+    return records

@@ -1,0 +1,113 @@
+"""`csdistill evaluate` end to end on a tiny saved model: results JSON, generations, resume, report."""
+
+import json
+
+import pytest
+
+import csdistill.generation
+from csdistill.cli import main
+from csdistill.config import load_config
+from csdistill.evaluate import evaluate_model
+from csdistill.report import build_report
+from helpers import tiny_model, tiny_tokenizer, write_jsonl
+
+RECORDS = [
+    {"instruction": "rev: cat dog", "input": "", "response": "dog cat", "task": "reverse", "answer": "dog cat"},
+    {"instruction": "pick: pink cyan gold lime", "input": "", "response": "pink", "task": "choice"},
+    {"instruction": "What is 3 + 4?", "input": "", "response": "3 + 4 = 7\n#### 7", "task": "gsm8k"},
+    {"instruction": "Describe a cat.", "input": "", "response": "a cat is small", "references": ["a cat is small", "cats purr"]},
+]
+FAST = ["eval.seeds=[10,20]", "generation.max_new_tokens=6", "generation.batch_size=4", "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evale2e")
+    tok = tiny_tokenizer()
+    model = tiny_model(seed=0)
+    model.save_pretrained(root / "student")
+    tok.save_pretrained(root / "student")
+    teacher = tiny_model(seed=1)
+    teacher.save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    write_jsonl(root / "mixed.jsonl", RECORDS)
+    return root
+
+
+def _evaluate(saved, out, *extra):
+    return main(["evaluate", *FAST, *extra, "--model", str(saved / "student"), "--teacher", str(saved / "teacher"),
+                 "--sets", str(saved / "mixed.jsonl"), "--out", str(out)])
+
+
+def _count_generate_calls(monkeypatch):
+    calls = []
+    real = csdistill.generation.generate_texts
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("seed"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(csdistill.generation, "generate_texts", counting)
+    return calls
+
+
+def test_cli_evaluate_writes_results_generations_and_resumes(saved, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "eval"
+    calls = _count_generate_calls(monkeypatch)
+    assert _evaluate(saved, out) == 0
+    assert calls == [10, 20]
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"] == str(saved / "student") and results["teacher"] == str(saved / "teacher")
+    assert {"config_hash", "command", "date", "machine"} <= set(results)
+    assert results["command"].startswith("csdistill evaluate 'eval.seeds=[10,20]' generation.max_new_tokens=6")
+    r = results["sets"]["mixed"]
+    assert r["n_examples"] == 4 and r["seeds"] == [10, 20] and len(r["rouge_l"]["per_seed"]) == 2
+    assert 0.0 <= r["rouge_l"]["mean"] <= 100.0
+    assert r["exact_match"]["n"] == 2  # reverse + gsm8k; the choice record is a distribution task
+    assert r["distribution"]["n_prompts"] == 1 and 0.0 <= r["distribution"]["valid"] <= 1.0
+    assert r["self_bleu"]["per_prompt"] is not None and 0 <= r["distinct_2"]["mean"] <= 1
+    assert set(r["fidelity"]) >= {"forward_kl", "reverse_kl", "csd_ss", "top1_agreement", "student_nll"}
+    assert r["fidelity"]["forward_kl"] > 0 and 0 <= r["calibration"]["ece"] <= 1
+    for name in r["generations"]:
+        rows = [json.loads(line) for line in (out / name).read_text().splitlines()]
+        assert len(rows) == 4 and rows[3]["references"] == ["a cat is small", "cats purr"]
+    assert "mixed (n=4)" in capsys.readouterr().out
+
+    # Rerun: the finished set is reused, nothing is generated.
+    calls.clear()
+    assert _evaluate(saved, out) == 0
+    assert calls == [] and json.loads((out / "results.json").read_text())["sets"]["mixed"] == r
+    # Interrupted after the generations: the set is recomputed from the saved passes.
+    (out / "sets" / "mixed.json").unlink()
+    assert _evaluate(saved, out) == 0
+    assert calls == [] and json.loads((out / "sets" / "mixed.json").read_text())["rouge_l"] == r["rouge_l"]
+    # A changed evaluation setting recomputes the set but reuses the passes.
+    assert _evaluate(saved, out, "eval.fidelity=false") == 0
+    fidelity = json.loads((out / "sets" / "mixed.json").read_text())["fidelity"]
+    assert calls == [] and "forward_kl" not in fidelity and "student_nll" in fidelity
+    # A changed generation setting invalidates the saved passes.
+    assert _evaluate(saved, out, "generation.max_new_tokens=5") == 0
+    assert calls == [10, 20]
+
+
+def test_cli_errors_are_one_clear_line(saved, tmp_path, capsys):
+    rc = main(["evaluate", *FAST, "--model", str(saved / "student"), "--sets", str(tmp_path / "missing.jsonl"),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "missing.jsonl' not found" in capsys.readouterr().err
+    rc = main(["evaluate", "--model", str(saved / "student"), "--sets", str(saved / "mixed.jsonl"), "eval.greedy=true"])
+    assert rc == 2 and "overrides go before --sets" in capsys.readouterr().err
+    assert main(["evaluate", *FAST, "--model", str(saved / "student")]) == 2
+    assert "no evaluation sets" in capsys.readouterr().err
+
+
+def test_evaluate_model_in_process_greedy_and_report(saved, tmp_path):
+    tok, model = tiny_tokenizer(), tiny_model(seed=0)
+    cfg = load_config(None, [*FAST, "eval.greedy=true", "train.mode=sft"])
+    results = evaluate_model(model, tok, {"suite": RECORDS[:2], "open": RECORDS[3:]}, cfg, teacher=None,
+                             out_dir=tmp_path / "e", progress=False, label="tiny greedy")
+    suite = results["sets"]["suite"]
+    assert suite["seeds"] == [10] and suite["greedy"] and suite["self_bleu"]["per_prompt"] is None
+    assert "forward_kl" not in suite["fidelity"] and "student_nll" in suite["fidelity"]
+    assert results["run"]["greedy"] and (tmp_path / "e" / "generations" / "open.greedy.jsonl").is_file()
+    report = build_report([tmp_path / "e"], tmp_path / "report")
+    assert "| tiny greedy |" in report.read_text()
