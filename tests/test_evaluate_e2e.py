@@ -8,6 +8,7 @@ import csdistill.generation
 from csdistill.cli import main
 from csdistill.config import load_config
 from csdistill.evaluate import evaluate_model
+from csdistill.evaluate.runner import load_sets
 from csdistill.report import build_report
 from helpers import tiny_model, tiny_tokenizer, write_jsonl
 
@@ -111,3 +112,30 @@ def test_evaluate_model_in_process_greedy_and_report(saved, tmp_path):
     assert results["run"]["greedy"] and (tmp_path / "e" / "generations" / "open.greedy.jsonl").is_file()
     report = build_report([tmp_path / "e"], tmp_path / "report")
     assert "| tiny greedy |" in report.read_text()
+
+
+def test_load_sets_accepts_records_without_a_response_and_keeps_their_fields(tmp_path):
+    rows = [{"instruction": "pick: a b", "task": "choice", "distribution": {"a": 0.5, "b": 0.5}},
+            {"instruction": "Describe a cat.", "references": ["a cat is small"]},
+            {"instruction": "rev: cat dog", "task": "reverse", "answer": "dog cat"}]
+    (records,) = load_sets([write_jsonl(tmp_path / "s.jsonl", rows)]).values()
+    assert [{k: r[k] for k in row} for r, row in zip(records, rows)] == rows
+    assert all(r["response"] == "" and r["input"] == "" for r in records)
+
+
+def test_prompt_only_records_are_scored_by_their_task(saved, tmp_path, capsys):
+    """Records without a response: an exact task's checker scores them; no teacher is needed."""
+    prompt_only = [{"instruction": "rev: cat dog", "task": "reverse", "answer": "dog cat"},
+                   {"instruction": "What is 3 + 4?", "task": "gsm8k", "answer": "7"}]
+    sets = write_jsonl(tmp_path / "prompt_only.jsonl", prompt_only)
+    rc = main(["evaluate", *FAST, "--model", str(saved / "student"), "--sets", str(sets), "--out", str(tmp_path / "o")])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads((tmp_path / "o" / "results.json").read_text())["sets"]["prompt_only"]
+    assert r["exact_match"]["n"] == 2 and 0.0 <= r["exact_match"]["mean"] <= 100.0
+    assert r["n_with_references"] == 0 and "rouge_l" not in r and "fidelity" not in r
+
+
+def test_a_record_with_nothing_to_score_against_is_a_clear_error(saved, tmp_path, capsys):
+    sets = write_jsonl(tmp_path / "bare.jsonl", [{"instruction": "say something"}])
+    rc = main(["evaluate", *FAST, "--model", str(saved / "student"), "--sets", str(sets), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "no record has a 'response' or 'references' and none names a 'task'" in capsys.readouterr().err

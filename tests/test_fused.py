@@ -99,6 +99,26 @@ def test_bf16_inputs_match_float32_within_tolerance():
     _assert_match(fused, unfused, rtol=2e-2, atol=2e-3)
 
 
+@pytest.mark.parametrize("loss", ["csd", "fkl"])
+def test_fp32_inputs_under_bf16_autocast_match_the_unfused_path(loss):
+    """As in the trainer: fp32 hidden states and heads, logits computed under CPU bf16 autocast."""
+    tensors, labels = _setup(seed=30 + len(loss))  # 47 valid positions; chunks of 5 leave 2 over
+
+    def under_autocast(fn):
+        def run():
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                return fn()
+        return run
+
+    fused = _value_and_grads(under_autocast(lambda: fused_linear_distill(
+        labels=labels, loss=loss, chunk_size=5, **tensors)), tensors)
+    unfused = _value_and_grads(under_autocast(lambda: _unfused(tensors, labels, loss)), tensors)
+    assert fused[0].dtype == torch.float32
+    assert all(fused[1][k].dtype == torch.float32 for k in fused[1])  # each input's own dtype
+    # Both paths round the logits (and the head-gradient matmul operands) to bf16; see the bf16 test.
+    _assert_match(fused, unfused, rtol=2e-2, atol=2e-3)
+
+
 def test_only_requested_gradients_and_no_grad_mode():
     tensors, labels = _setup(seed=24)
     tensors["student_hidden"].requires_grad_(False)

@@ -106,19 +106,34 @@ def test_generate_texts_strip_eos_and_reproduce():
 
 
 def test_generate_command_writes_instruction_jsonl(tmp_path, capsys):
-    sft = "train.mode=sft"  # the default mode (kd) would ask for a teacher
     tiny_model(seed=5).save_pretrained(tmp_path / "ckpt" / "model")
     tiny_tokenizer().save_pretrained(tmp_path / "ckpt" / "model")
     write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": "copy: cat", "task": "copy"}])
     out = tmp_path / "gen.jsonl"
     code = main(["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", "hello", "--prompts-file",
-                 str(tmp_path / "prompts.jsonl"), "--out", str(out), "generation.max_new_tokens=5", "data.template=plain", sft])
+                 str(tmp_path / "prompts.jsonl"), "--out", str(out), "generation.max_new_tokens=5", "data.template=plain"])
     assert code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["instruction"] for r in rows] == ["hello", "copy: cat"] and rows[1]["task"] == "copy"
     assert all(isinstance(r["response"], str) and len(r["response"]) <= 5 for r in rows)
     assert "### hello" in capsys.readouterr().out
-    assert main(["generate", "--checkpoint", str(tmp_path / "ckpt"), sft]) == 2
+    assert main(["generate", "--checkpoint", str(tmp_path / "ckpt")]) == 2
     assert "--prompt" in capsys.readouterr().err
-    assert main(["generate", "--checkpoint", str(tmp_path / "missing"), "--prompt", "x", sft]) == 2
+    assert main(["generate", "--checkpoint", str(tmp_path / "missing"), "--prompt", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_generate_needs_no_teacher_while_train_still_does(tmp_path, capsys):
+    tiny_model(seed=5).save_pretrained(tmp_path / "ckpt" / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "ckpt" / "model")
+    generate = ["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", "hello", "generation.max_new_tokens=3"]
+    assert main(generate) == 0  # the default train.mode (kd) and no teacher.name_or_path
+    assert "### hello" in capsys.readouterr().out
+    kd_yaml = tmp_path / "kd.yaml"
+    kd_yaml.write_text("train:\n  mode: kd\n")  # a training config whose teacher comes from the command line
+    assert main([*generate, "--config", str(kd_yaml)]) == 0
+    capsys.readouterr()
+    assert main([*generate, "generation.top_p=2"]) == 2  # other fields are still validated, and named
+    assert "generation.top_p" in capsys.readouterr().err
+    assert main(["train", "train.max_steps=1"]) == 2  # training validation is not weakened
+    assert "teacher.name_or_path" in capsys.readouterr().err

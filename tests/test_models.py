@@ -23,7 +23,8 @@ def test_every_preset_builds_deterministically_and_runs(preset):
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), tiny_model(preset, seed=4).parameters()))
     logits = a(input_ids=IDS, attention_mask=MASK).logits
     assert logits.shape == (2, 5, len(tiny_tokenizer())) and torch.isfinite(logits).all()
-    assert a.config.num_hidden_layers == 2 if hasattr(a.config, "num_hidden_layers") else a.config.n_layer == 2
+    if preset.startswith("tiny"):  # the test presets stay 2-layer so tests run in seconds
+        assert a.config.num_hidden_layers == 2 if hasattr(a.config, "num_hidden_layers") else a.config.n_layer == 2
 
 
 def test_preset_init_leaves_the_global_rng_alone_and_seed_suffix_wins():

@@ -36,9 +36,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from csdistill.config import load_inference_config
     from csdistill.generation import generate_command
 
-    return generate_command(_load(args), checkpoint=args.checkpoint, prompts=args.prompt, prompts_file=args.prompts_file,
+    cfg = load_inference_config(args.config, args.overrides)  # no teacher needed to generate
+    return generate_command(cfg, checkpoint=args.checkpoint, prompts=args.prompt, prompts_file=args.prompts_file,
                             seed=args.seed, out=args.out)
 
 

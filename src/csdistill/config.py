@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -137,6 +137,8 @@ class TrainConfig:
     tensorboard: bool = _f(False, "also log to TensorBoard")
     progress: bool = _f(True, "show a progress bar")
     num_threads: int = _f(0, "torch CPU threads (0 = torch's default)")
+    cache_teacher_logits: bool = _f(False, "kd mode: keep the teacher's response-position logits in memory after "
+                                           "their first forward (fixed data; small data/vocab only)")
 
 
 @dataclass
@@ -263,6 +265,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+def load_inference_config(path: str | None, overrides: Sequence[str]) -> Config:
+    """The config of a command that runs a model without training it (generate, evaluate).
+
+    train.mode only matters to training, and the default (kd) requires teacher.name_or_path; when
+    the config does not validate as given, it is read again with train.mode=sft, which needs no
+    teacher. If that fails too, its error (a problem sft has as well) is raised. `train` keeps the
+    full validation.
+    """
+    try:
+        return load_config(path, list(overrides))
+    except ConfigError:
+        return load_config(path, [*overrides, "train.mode=sft"])
+
+
 def config_from_dict(data: dict) -> Config:
     """Build and validate a Config from a nested dict (e.g. one saved with a checkpoint)."""
     cfg = Config()
@@ -347,6 +363,11 @@ def validate(cfg: Config) -> None:
         _require(bool(cfg.teacher.name_or_path), "teacher.name_or_path", cfg.teacher.name_or_path,
                  f"train.mode={t.mode!r} distils from a teacher: set teacher.name_or_path (or use train.mode=sft)")
         loss_params(lo)  # raises ConfigError on a bad loss name or parameter
+    if t.cache_teacher_logits:
+        _require(t.mode == "kd", "train.cache_teacher_logits", True,
+                 f"only train.mode=kd trains on fixed sequences; train.mode={t.mode!r} changes them every step, set it to false")
+        _require(not lo.fused, "train.cache_teacher_logits", True,
+                 "the fused path (loss.fused=true) never forms teacher logits to cache; set one of them to false")
     if t.lm_coef > 0:
         _require(bool(d.lm_file), "data.lm_file", d.lm_file, "train.lm_coef > 0 needs a plain-text data.lm_file")
 

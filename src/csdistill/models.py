@@ -40,6 +40,14 @@ def _tiny_llama(vocab_size: int, width: int = 64) -> PretrainedConfig:
                        tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
+def _suite_llama(vocab_size: int, width: int, layers: int, heads: int, kv_heads: int, mlp: int) -> PretrainedConfig:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
+                       tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
 def _tiny_gpt2(vocab_size: int) -> PretrainedConfig:
     from transformers import GPT2Config
 
@@ -62,6 +70,9 @@ PRESETS: dict[str, Callable[[int], PretrainedConfig]] = {
     "tiny-llama-small": lambda vocab_size: _tiny_llama(vocab_size, width=32),  # width 32, MLP 64
     "tiny-gpt2": _tiny_gpt2,  # width 64, 4 heads, MLP 128, tied embeddings
     "tiny-qwen2": _tiny_qwen2,  # width 64, 4 heads (2 KV heads), MLP 128
+    # The quickstart's pair on the built-in task suite (character vocabulary, ~100 ids):
+    "suite-teacher": lambda v: _suite_llama(v, width=128, layers=4, heads=4, kv_heads=4, mlp=384),  # ~0.9M params
+    "suite-student": lambda v: _suite_llama(v, width=32, layers=2, heads=2, kv_heads=2, mlp=64),  # ~0.03M params
 }
 
 

@@ -362,21 +362,11 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def load_eval_config(args: argparse.Namespace) -> Config:
-    """--config + overrides (+ --teacher). Evaluating without any teacher is fine: when the config
-    fails only because its distillation mode wants a teacher, it is read again with train.mode=sft."""
-    from csdistill.config import ConfigError, load_config
+    """--config + overrides (+ --teacher). Evaluating without any teacher is fine (see load_inference_config)."""
+    from csdistill.config import load_inference_config
 
     overrides = list(args.overrides or []) + ([f"teacher.name_or_path={args.teacher}"] if args.teacher else [])
-    try:
-        return load_config(args.config, overrides)
-    except ConfigError:
-        if args.teacher:
-            raise
-        try:
-            return load_config(args.config, [*overrides, "train.mode=sft"])
-        except ConfigError:
-            pass
-        raise
+    return load_inference_config(args.config, overrides)
 
 
 def _evaluate_from_args(args: argparse.Namespace) -> dict:

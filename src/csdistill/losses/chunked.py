@@ -42,6 +42,9 @@ def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher
     compared on the shared ids [0, V_s). Gradients reach student_hidden, student_weight and
     student_bias (in their dtypes; accumulated in float32); the teacher runs without grad.
     bf16 inputs give bf16 logits per chunk, as the unfused model would; loss maths is float32.
+    Under ``torch.autocast`` the head matmuls run in the autocast dtype, as ``F.linear`` would
+    there (so fp32 hidden/weights give bf16 logits under bf16 autocast); the rest runs with
+    autocast off, and the gradients still come back in each input's own dtype.
     """
     loss_fn = _resolve_loss(loss, loss_params)
     _check_inputs(student_hidden, student_weight, teacher_hidden, teacher_weight, labels)
@@ -54,12 +57,24 @@ def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher
                          "per chunk, or None for the default.")
     mask = valid_mask(labels)  # (...)
     hidden = student_hidden[mask]  # (N, H_s): differentiable gather of the valid positions
-    teacher = teacher_hidden.detach()[mask]  # (N, H_t)
+    teacher_dtype = compute_dtype(teacher_hidden)  # the teacher has no grad: cast it up front
+    teacher = teacher_hidden.detach()[mask].to(teacher_dtype)  # (N, H_t)
     count = mask.sum() if num_valid_tokens is None else _as_count(num_valid_tokens)
     denominator = max(int(count), 1)
-    return _FusedLinearDistill.apply(hidden, student_weight, student_bias, teacher,
-                                     teacher_weight.detach(), _detach(teacher_bias), loss_fn,
-                                     rows, denominator)
+    with torch.autocast(student_hidden.device.type, enabled=False):  # dtypes are chosen explicitly
+        return _FusedLinearDistill.apply(hidden, student_weight, student_bias, teacher,
+                                         _cast(teacher_weight.detach(), teacher_dtype),
+                                         _cast(_detach(teacher_bias), teacher_dtype), loss_fn, rows,
+                                         denominator, compute_dtype(student_hidden))
+
+
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype ``F.linear`` would compute in for `tensor` here: the autocast dtype when autocast
+    is on for its device (float64 is never cast, as in autocast), else the tensor's own dtype."""
+    device = tensor.device.type
+    if tensor.dtype != torch.float64 and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return tensor.dtype
 
 
 class _FusedLinearDistill(torch.autograd.Function):
@@ -67,18 +82,21 @@ class _FusedLinearDistill(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, loss_fn,
-                rows, denominator):
+                rows, denominator, dtype):
+        """dtype: the student head's compute dtype; the teacher arrives already in its own."""
         wants = ctx.needs_input_grad[:3]  # (hidden, weight, bias)
         grads = _GradBuffers(hidden, weight, bias, wants)
+        weight, bias = _cast(weight, dtype), _cast(bias, dtype)  # (V, H), (V,): one copy, as autocast
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], rows):
             stop = min(start + rows, hidden.shape[0])
+            hidden_chunk = hidden[start:stop].to(dtype)  # (n, H)
             chunk_sum, logits_grad = _chunk_loss_and_grad(
-                loss_fn, (hidden[start:stop], weight, bias),
+                loss_fn, (hidden_chunk, weight, bias),
                 (teacher_hidden[start:stop], teacher_weight, teacher_bias), any(wants))
             total += chunk_sum
             if logits_grad is not None:
-                grads.add_chunk(logits_grad, hidden[start:stop], weight, start, stop)
+                grads.add_chunk(logits_grad, hidden_chunk, weight, start, stop)
             del logits_grad  # else it lives on through the next chunk's loss: one chunk extra
         ctx.save_for_backward(*grads.finish(denominator))
         return total / denominator
@@ -88,7 +106,7 @@ class _FusedLinearDistill(torch.autograd.Function):
         unit = bool(grad_output == 1)  # the usual case: hand the stored gradients over as they are
         scaled = [None if g is None else (g if unit else g * grad_output.to(g.dtype))
                   for g in ctx.saved_tensors]
-        return scaled[0], scaled[1], scaled[2], None, None, None, None, None, None
+        return scaled[0], scaled[1], scaled[2], None, None, None, None, None, None, None
 
 
 def _chunk_loss_and_grad(loss_fn, student_head, teacher_head, need_grad: bool):
@@ -123,9 +141,10 @@ class _GradBuffers:
         self.bias = torch.zeros(weight.shape[0], **f32) if wants[2] else None  # (V,)
 
     def add_chunk(self, logits_grad, hidden_chunk, weight, start: int, stop: int) -> None:
-        """logits_grad (n, V), hidden_chunk (n, H): the nn.Linear backward for one chunk."""
+        """logits_grad (n, V), hidden_chunk (n, H), weight (V, H), all in the compute dtype: the
+        nn.Linear backward for one chunk."""
         if self.hidden is not None:
-            torch.mm(logits_grad, weight, out=self.hidden[start:stop])  # (n, H)
+            self.hidden[start:stop] = torch.mm(logits_grad, weight)  # (n, H), cast to the buffer's dtype
         if self.weight is not None:
             if logits_grad.dtype == torch.float32 and hidden_chunk.dtype == torch.float32:
                 self.weight.addmm_(logits_grad.t(), hidden_chunk)  # (V, H), in place
@@ -146,6 +165,10 @@ def _detach(tensor):
     return None if tensor is None else tensor.detach()
 
 
+def _cast(tensor, dtype: torch.dtype):
+    return None if tensor is None else tensor.to(dtype)
+
+
 def _resolve_loss(loss, loss_params: dict):
     if isinstance(loss, str):
         return get_loss(loss, **loss_params)
@@ -158,7 +181,7 @@ def _resolve_loss(loss, loss_params: dict):
 
 
 def _check_inputs(student_hidden, student_weight, teacher_hidden, teacher_weight, labels) -> None:
-    """Shapes: hidden (..., H) per model matching labels (...), weights (V, H)."""
+    """Shapes: hidden (..., H) per model matching labels (...), weights (V, H); one compute dtype per model."""
     positions = tuple(labels.shape)
     for who, hidden, weight in (("student", student_hidden, student_weight),
                                 ("teacher", teacher_hidden, teacher_weight)):
@@ -169,7 +192,7 @@ def _check_inputs(student_hidden, student_weight, teacher_hidden, teacher_weight
         if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
             raise ValueError(f"{who}_weight shape {tuple(weight.shape)} does not fit {who}_hidden "
                              f"size H={hidden.shape[-1]}; expected (V, {hidden.shape[-1]}).")
-        if weight.dtype != hidden.dtype:
+        if compute_dtype(weight) != compute_dtype(hidden):  # autocast would unify them, as in F.linear
             raise ValueError(f"{who}_weight dtype {weight.dtype} != {who}_hidden dtype "
                              f"{hidden.dtype}; cast both to one dtype.")
 

@@ -20,6 +20,7 @@ from csdistill.train.dataset import load_train_data
 from csdistill.train.logging import MetricsLogger
 from csdistill.train.objective import Objective, part_loss, validation_loss, window_counts
 from csdistill.train.schedules import build_scheduler, total_steps
+from csdistill.train.teacher_cache import TeacherLogitCache
 from csdistill.train.steps import BatchSource
 
 MetricCallback = Callable[[int, torch.nn.Module, object], dict]  # (step, student, tokenizer) -> metrics
@@ -127,7 +128,7 @@ def setup(cfg: Config, callbacks: list[MetricCallback]) -> Run:
         teacher = _place_teacher(accelerator, teacher)
     autocast = autocast_for(cfg.model.precision, accelerator.device)
     objective = Objective(cfg, None if teacher is None else _loss_fn(cfg), loss_params(cfg.loss) if teacher else {},
-                          vocab_size, autocast)
+                          vocab_size, autocast, TeacherLogitCache() if cfg.train.cache_teacher_logits else None)
     source = BatchSource(cfg, data, tokenizer, accelerator.process_index, accelerator.num_processes, steps)
     return Run(cfg, accelerator, student, teacher, tokenizer, objective, source, data.validation,
                optimizer, scheduler, steps, list(callbacks))

@@ -22,6 +22,7 @@ import torch
 from csdistill.config import Config
 from csdistill.losses import cross_entropy, fused_linear_distill
 from csdistill.losses.reduce import count_valid, shift_labels, token_mean, valid_mask
+from csdistill.train.teacher_cache import TeacherLogitCache
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Objective:
     loss_params: dict
     vocab_size: int  # shared id range of student and teacher: compare logits[..., :vocab_size]
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    teacher_cache: TeacherLogitCache | None = None  # train.cache_teacher_logits (kd mode, unfused)
 
 
 def window_counts(accelerator, window) -> dict[str, torch.Tensor]:
@@ -52,6 +54,17 @@ def _forward_logits(model, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
 
 
+def _teacher_logits(objective: Objective, teacher, batch: dict, valid: torch.Tensor) -> torch.Tensor:
+    """Teacher logits at the valid positions, (N, V_teacher); from the cache when it holds the batch."""
+    def compute() -> torch.Tensor:
+        with torch.no_grad():
+            return _forward_logits(teacher, batch)[valid]
+
+    if objective.teacher_cache is None:
+        return compute()
+    return objective.teacher_cache.logits(batch, valid, compute)
+
+
 def ce_term(objective: Objective, model, batch: dict, num_valid: torch.Tensor) -> torch.Tensor:
     labels = shift_labels(batch["labels"])  # (B, T): label of the token each position predicts
     valid = valid_mask(labels)  # (B, T); the loss maths runs on the N valid rows only
@@ -70,8 +83,7 @@ def distill_term(objective: Objective, student, teacher, batch: dict, num_valid:
     V = objective.vocab_size
     with objective.autocast():
         student_logits = _forward_logits(student, batch)[valid]  # (N, V_student)
-        with torch.no_grad():
-            teacher_logits = _forward_logits(teacher, batch)[valid]  # (N, V_teacher)
+        teacher_logits = _teacher_logits(objective, teacher, batch, valid)  # (N, V_teacher)
     per_position = objective.loss_fn(student_logits[:, :V], teacher_logits[:, :V])  # (N,) float32
     loss = kd_ratio * scale * token_mean(per_position, labels[valid], num_valid_tokens=num_valid)
     if kd_ratio < 1.0:
