@@ -45,3 +45,19 @@ def toy_instruction_records(n: int, seed: int = 0) -> list[dict]:
         response = words[::-1] if task == "reverse" else words
         records.append({"instruction": f"{task}: {' '.join(words)}", "input": "", "response": " ".join(response)})
     return records
+
+
+def write_toy_run(root: str | Path, n_train: int, n_validation: int = 0, n_lm: int = 0) -> Path:
+    """A training folder: train.jsonl (+ validation.jsonl, lm.txt) of toy records and a tiny saved
+    student (seed 0) and teacher (seed 1) with the char tokenizer, under `root`; returns root."""
+    root = Path(root)
+    write_jsonl(root / "train.jsonl", toy_instruction_records(n_train, seed=0))
+    if n_validation:
+        write_jsonl(root / "validation.jsonl", toy_instruction_records(n_validation, seed=1))
+    if n_lm:
+        (root / "lm.txt").write_text(" ".join(r["response"] for r in toy_instruction_records(n_lm, seed=2)))
+    tokenizer = tiny_tokenizer()
+    for name, seed in (("student", 0), ("teacher", 1)):
+        tiny_model(seed=seed).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from csdistill.cli import main
 from csdistill.config import ConfigError, MODES, load_config
 from csdistill.train import train
-from helpers import tiny_model, tiny_tokenizer, toy_instruction_records, write_jsonl
+from helpers import tiny_model, tiny_tokenizer, toy_instruction_records, write_jsonl, write_toy_run
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 QUIET = ["train.progress=false", "train.num_threads=1"]
@@ -20,15 +20,7 @@ QUIET = ["train.progress=false", "train.num_threads=1"]
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """Toy instruction data, a tiny saved student and teacher (same tokenizer), and LM text."""
-    root = tmp_path_factory.mktemp("toy")
-    write_jsonl(root / "train.jsonl", toy_instruction_records(40, seed=0))
-    write_jsonl(root / "validation.jsonl", toy_instruction_records(8, seed=1))
-    (root / "lm.txt").write_text(" ".join(r["response"] for r in toy_instruction_records(200, seed=2)))
-    tokenizer = tiny_tokenizer()
-    for name, seed in (("student", 0), ("teacher", 1)):
-        tiny_model(seed=seed).save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return root
+    return write_toy_run(tmp_path_factory.mktemp("toy"), n_train=40, n_validation=8, n_lm=200)
 
 
 def kd_args(toy, out, *extra):

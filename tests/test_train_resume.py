@@ -13,18 +13,12 @@ from safetensors.torch import load_file
 from csdistill.config import load_config
 from csdistill.train import train
 from csdistill.train.loop import PAUSE_ENV
-from helpers import tiny_model, tiny_tokenizer, toy_instruction_records, write_jsonl
+from helpers import write_toy_run
 
 
 @pytest.fixture
 def toy(tmp_path):
-    write_jsonl(tmp_path / "train.jsonl", toy_instruction_records(24, seed=0))
-    (tmp_path / "lm.txt").write_text(" ".join(r["response"] for r in toy_instruction_records(100, seed=2)))
-    tokenizer = tiny_tokenizer()
-    for name, seed in (("student", 0), ("teacher", 1)):
-        tiny_model(seed=seed).save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
-    return tmp_path
+    return write_toy_run(tmp_path, n_train=24, n_lm=100)
 
 
 def args(toy, out) -> list[str]:
