@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = parse_losses(args.losses)
     t0 = time.perf_counter()
     if args.no_sweep:
-        best = {s.name: LOSS_LR[s.loss] for s in [RunSpec("sft"), *specs]}
+        best = {s.name: LOSS_LR.get(s.name, LOSS_LR[s.loss]) for s in [RunSpec("sft"), *specs]}
     else:
         best = sweep(out, specs, [float(x) for x in args.sweep.split(",")], progress)
     seeds = [int(s) for s in args.seeds.split(",")]

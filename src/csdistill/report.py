@@ -215,6 +215,7 @@ def summary_columns() -> list[Column]:
         _avg_column("ROUGE-L ↑", ("rouge_l", "mean"), 1, 2),
         _avg_column("BLEU ↑", ("bleu", "mean"), 1, 2),
         _avg_column("chrF ↑", ("chrf", "mean"), 1, 2),
+        _avg_column("semantic ↑", ("semantic", "mean"), 1, 2),
         ("Self-BLEU", lambda r: (_mean_over_sets(r, diversity_value), None), 0, 2),
         _avg_column("distinct-1", ("distinct_1", "mean"), 0, 3),
         _avg_column("distinct-2", ("distinct_2", "mean"), 0, 3),
@@ -284,6 +285,10 @@ def plot_training_curves(logs: dict[str, list[dict]], path: Path) -> Path | None
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    losses = [y for line in loss_ax.get_lines() for y in line.get_ydata()]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 30:  # runs of different losses: scales differ
+        loss_ax.set_yscale("log")
+        loss_ax.set_title("training loss (log scale)")
     fig.savefig(path)
     return path
 
@@ -342,7 +347,8 @@ def render_markdown(title: str, labels: Sequence[str], results: Sequence[dict], 
              "Best per column in bold.", "", markdown_table(labels, results, main_columns(results)), "",
              "## Averages over sets", "",
              "Self-BLEU / distinct-n measure diversity (no best marked: it trades off with fidelity). "
-             "Fidelity columns are token means under teacher forcing on the references.", "",
+             "Fidelity columns are token means under teacher forcing on the references. semantic: cosine × 100 of "
+             "sentence embeddings, max over references (eval.semantic; – when off).", "",
              markdown_table(labels, results, summary_columns()), ""]
     if any(s.get("distribution") for r in results for s in r["sets"].values()):
         parts += ["## Distribution tasks", "", "Per prompt over the seeds' samples, then averaged; entropies in nats.", "",

@@ -3,8 +3,9 @@
     csdistill evaluate --model runs/csd/final --teacher runs/teacher --sets data/dolly.jsonl --out runs/csd/eval
 
 Per set: K sampled passes (one per seed in eval.seeds; one greedy pass with eval.greedy) scored by
-ROUGE-L, BLEU, chrF, Self-BLEU, distinct-n, exact match and the distribution scores of registry
-tasks, plus one teacher-forced pass on the reference responses (fidelity, NLL, calibration).
+ROUGE-L, BLEU, chrF, Self-BLEU, distinct-n, exact match, the distribution scores of registry tasks
+and, when asked for, semantic similarity (eval.semantic) and COMET (eval.comet_model); plus one
+teacher-forced pass on the reference responses (fidelity, NLL, calibration).
 
 Layout of the output folder (resumable: a finished set, or a finished pass, is reused on rerun
 when its key — model weights, records, generation and evaluation settings — matches):
@@ -29,7 +30,9 @@ from typing import Sequence
 import torch
 
 from csdistill.config import Config, GenerationConfig, config_hash, to_dict
-from csdistill.evaluate.scoring import comet_scores, record_references, task_scores, task_specs, text_scores
+from csdistill.evaluate.scoring import (comet_scores, record_references, semantic_scores, task_scores, task_specs,
+                                        text_scores)
+from csdistill.evaluate.semantic import load_encoder
 
 METRICS_VERSION = 1  # bump when a metric's definition changes: invalidates finished sets on disk
 
@@ -184,10 +187,11 @@ def _teacher_forced(model, tokenizer, records: list[dict], cfg: Config, teacher,
 
 def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, *, teacher=None,
                  out_dir: Path | None = None, keys: dict | None = None, vocab_size: int | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, encoder=None) -> dict:
     """Every metric of one set; a finished set on disk with the same key is returned as is.
 
     keys: {"model", "teacher"} weight fingerprints (see model_fingerprint) that the resume keys include.
+    encoder: the eval.semantic encoder when already loaded (else loaded here when eval.semantic is set).
     """
     from csdistill.data.templates import build_prompt
 
@@ -199,6 +203,8 @@ def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, 
     set_key = stable_hash({**base_key, "teacher": keys.get("teacher"), "generation": dataclasses.asdict(gen), "passes": passes,
                            "max_length": d.max_length, "fidelity": cfg.eval.fidelity,
                            "bins": cfg.eval.calibration_bins, "comet": cfg.eval.comet_model,
+                           # only when on: sets finished before eval.semantic existed keep their key
+                           **({"semantic": cfg.eval.semantic} if cfg.eval.semantic else {}),
                            "version": METRICS_VERSION})
     finished = read_finished_set(out_dir / "sets" / f"{name}.json", set_key) if out_dir else None
     if finished is not None:
@@ -215,6 +221,8 @@ def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, 
         scores = task_scores(predictions, records, specs)
     except ValueError as err:  # a record the task cannot parse
         raise ValueError(f"set {name!r}: {err}") from None
+    if cfg.eval.semantic:
+        scores = {**semantic_scores(predictions, references, encoder or load_encoder(cfg.eval.semantic)), **scores}
     result = {"n_examples": len(records), "passes": [tag for tag, _ in passes], "seeds": [s for _, s in passes],
               "greedy": passes[0][0] == "greedy", **text_scores(predictions, references), **scores,
               **_teacher_forced(model, tokenizer, records, cfg, teacher, vocab_size, progress)}
@@ -262,6 +270,7 @@ def evaluate_model(model, tokenizer, sets: Sequence[str] | dict, cfg: Config, te
     trained with, when it differs from `cfg` (labels the run by its loss).
     """
     loaded = load_sets(sets, cfg.eval.max_examples, cfg.data.skip_bad_records)
+    encoder = load_encoder(cfg.eval.semantic) if cfg.eval.semantic else None  # once, and a bad value fails early
     out = Path(out_dir) if out_dir else None
     keys = {"model": model_fingerprint(model), "teacher": model_fingerprint(teacher) if cfg.eval.fidelity else None}
     results = {"model": _model_name(model, model_name), "teacher": _model_name(teacher, teacher_name),
@@ -272,7 +281,7 @@ def evaluate_model(model, tokenizer, sets: Sequence[str] | dict, cfg: Config, te
         results["label"] = label
     for name, records in loaded.items():
         results["sets"][name] = evaluate_set(model, tokenizer, name, records, cfg, teacher=teacher, out_dir=out,
-                                             keys=keys, vocab_size=vocab_size, progress=progress)
+                                             keys=keys, vocab_size=vocab_size, progress=progress, encoder=encoder)
         if out:
             _write_atomic(out / "results.json", json.dumps(results, indent=1))
     return results
@@ -283,7 +292,7 @@ def summary_lines(results: dict) -> list[str]:
     lines = []
     for name, r in results["sets"].items():
         parts = [f"{name} (n={r['n_examples']})"]
-        for key, label in (("rouge_l", "ROUGE-L"), ("exact_match", "EM")):
+        for key, label in (("rouge_l", "ROUGE-L"), ("semantic", "semantic"), ("exact_match", "EM")):
             if r.get(key):
                 parts.append(f"{label} {r[key]['mean']:.2f} ± {r[key]['std']:.2f}")
         if r.get("self_bleu", {}).get("per_prompt") is not None:

@@ -1,4 +1,4 @@
-"""Scoring of one set's generations: text metrics over the passes, task metrics, optional COMET.
+"""Scoring of one set's generations: text metrics over the passes, task metrics, optional semantic/COMET.
 
 `passes` is a list over generation passes (seeds) of the predictions, one per record.
 """
@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from csdistill.evaluate import metrics as M
+from csdistill.evaluate.semantic import semantic_similarity_per_pass
 
 
 def record_references(record: dict) -> list[str]:
@@ -63,6 +64,16 @@ def task_scores(passes: Sequence[Sequence[str]], records: Sequence[dict], specs:
                                             specs[i].check) for i in dist]
         out["distribution"] = M.aggregate_distribution(per_prompt)
     return out
+
+
+def semantic_scores(passes: Sequence[Sequence[str]], references: Sequence[Sequence[str]], encoder) -> dict:
+    """{"semantic": mean ± std over passes} on the examples with references ({} if none); see evaluate/semantic.py."""
+    scored = [i for i, refs in enumerate(references) if refs]
+    if not scored:
+        return {}
+    per_pass = semantic_similarity_per_pass([[p[i] for i in scored] for p in passes], [references[i] for i in scored],
+                                            encoder)
+    return {"semantic": M.mean_std(per_pass)}
 
 
 def comet_scores(model_path: str, sources: Sequence[str], passes: Sequence[Sequence[str]],
