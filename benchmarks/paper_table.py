@@ -111,7 +111,7 @@ def plot(labels: list[str], rows: list[dict], path: Path) -> None:
     for label, r in zip(labels, rows):
         ax2.errorbar(r["tvd"][0], r["exact"][0], xerr=r["tvd"][1], yerr=r["exact"][1], fmt="o", capsize=3)
         ax2.annotate(label, (r["tvd"][0], r["exact"][0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax2.set_xlabel("distribution tasks: TVD to the truth (lower = better)")
+    ax2.set_xlabel("distribution tasks: TVD to truth (lower = better)")
     ax2.set_ylabel("exact tasks: exact match %")
     ax2.grid(alpha=0.3)
     fig.savefig(path)
