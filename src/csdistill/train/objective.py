@@ -102,13 +102,11 @@ def _fused_distill_term(objective: Objective, student, teacher, batch: dict, num
         hidden, weight, bias = hidden_states_and_head(student, batch["input_ids"], batch["attention_mask"])  # (B,T,H), (V,H)
         with torch.no_grad():
             t_hidden, t_weight, t_bias = hidden_states_and_head(teacher, batch["input_ids"], batch["attention_mask"])
-    # The fused engine runs outside autocast (it writes into preallocated buffers): give it the
-    # tensors in the compute dtype autocast would have used, so its chunk matmuls match the unfused path.
-    cast = _compute_dtype_cast(objective)
-    distill = fused_linear_distill(
-        cast(hidden), cast(weight[:V]), cast(t_hidden), cast(t_weight[:V]), labels, loss=objective.cfg.loss.name,
-        chunk_size=objective.cfg.loss.chunk_size or None, student_bias=cast(None if bias is None else bias[:V]),
-        teacher_bias=cast(None if t_bias is None else t_bias[:V]), num_valid_tokens=num_valid, **objective.loss_params)
+        # The engine computes its chunk matmuls in the dtype autocast picks (losses/chunked.compute_dtype).
+        distill = fused_linear_distill(
+            hidden, weight[:V], t_hidden, t_weight[:V], labels, loss=objective.cfg.loss.name,
+            chunk_size=objective.cfg.loss.chunk_size or None, student_bias=None if bias is None else bias[:V],
+            teacher_bias=None if t_bias is None else t_bias[:V], num_valid_tokens=num_valid, **objective.loss_params)
     loss = kd_ratio * scale * distill
     if kd_ratio < 1.0:
         # The CE term needs student logits: computed at the valid positions only, (N, V).
@@ -118,13 +116,6 @@ def _fused_distill_term(objective: Objective, student, teacher, batch: dict, num
         ce = cross_entropy(logits, labels[valid])  # (N,)
         loss = loss + (1.0 - kd_ratio) * token_mean(ce, labels[valid], num_valid_tokens=num_valid)
     return loss
-
-
-def _compute_dtype_cast(objective: Objective) -> Callable:
-    """bf16 precision: cast head inputs to bfloat16 (differentiable; grads reach the fp32 weights)."""
-    if objective.cfg.model.precision != "bf16":
-        return lambda tensor: tensor
-    return lambda tensor: None if tensor is None else tensor.to(torch.bfloat16)
 
 
 def part_loss(objective: Objective, student, teacher, name: str, batch: dict, num_valid: torch.Tensor) -> torch.Tensor:
