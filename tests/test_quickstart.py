@@ -7,7 +7,7 @@ import pytest
 
 from csdistill.cli import main
 from csdistill.config import ConfigError
-from csdistill.quickstart import RunSpec, parse_losses, quickstart
+from csdistill.quickstart import Job, RunSpec, parse_losses, quickstart
 
 
 def test_parse_losses_names_bad_entries():
@@ -18,6 +18,20 @@ def test_parse_losses_names_bad_entries():
         parse_losses("csd:SX")
     with pytest.raises(ConfigError, match="only csd takes a weighting"):
         parse_losses("fkl:SS")
+
+
+def test_stage_stamps_follow_settings_inputs_and_upstream_stages(tmp_path):
+    def job(name, overrides, **kw):
+        return Job(name, overrides, tmp_path / name, tmp_path, 1, **kw)
+
+    teacher = job("teacher", ["train.lr=0.1", "train.num_threads=2"], inputs="suite-a")
+    student = job("s", ["train.lr=0.2"], after=(teacher,), inputs="suite-a")
+    stamp = student.stamp()
+    assert job("teacher", ["train.num_threads=1", "train.lr=0.1"], inputs="suite-a").stamp() == teacher.stamp()
+    assert job("s", ["train.lr=0.2"], after=(job("teacher", ["train.lr=0.3"], inputs="suite-a"),),
+               inputs="suite-a").stamp() != stamp  # a retrained teacher retrains its students
+    assert job("s", ["train.lr=0.2"], after=(teacher,), inputs="suite-b").stamp() != stamp  # other data
+    assert job("s", ["train.lr=0.25"], after=(teacher,), inputs="suite-a").stamp() != stamp
 
 
 @pytest.fixture(scope="module")

@@ -166,6 +166,8 @@ class Job:
     out: Path
     config_dir: Path
     steps: int
+    after: tuple[Job, ...] = ()  # stages whose output this one reads: their stamps are part of its stamp
+    inputs: str = ""  # fingerprint of input files (the suite)
     cores: list[int] = field(default_factory=list)
     process: subprocess.Popen | None = None
     log: object = None
@@ -180,9 +182,11 @@ class Job:
 
     def stamp(self) -> str:
         """Hash of the settings this stage chose (not of the whole resolved config, so that a new config
-        field with a default does not invalidate finished stages); thread count excluded."""
+        field with a default does not invalidate finished stages; thread count excluded), of its input
+        files and of the stamps of the stages it reads (a retrained teacher retrains its students)."""
         settings = sorted(o for o in self.overrides if not o.startswith(("train.num_threads=", "train.progress=")))
-        return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
+        material = [settings, self.inputs, [job.stamp() for job in self.after]]
+        return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:12]
 
     def done(self) -> bool:
         """Finished earlier with the same settings (the stamp is written only after success)."""
@@ -390,7 +394,7 @@ def comparison_table(results: list[dict]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PLANS), default="default",
-                        help="default: ~10 minutes on 2 CPU cores; tiny: seconds (plumbing only)")
+                        help="default: ~8 minutes on 2 CPU cores; tiny: under a minute (plumbing only)")
     parser.add_argument("--out", default="runs/quickstart", help="work folder (reruns reuse finished stages)")
     parser.add_argument("--losses", default=",".join(DEFAULT_LOSSES),
                         help="KD runs, comma-separated: a registry loss, csd:<w1w2> for CSD weightings "
@@ -430,18 +434,20 @@ def quickstart(preset: str = "default", out: str | Path = "runs/quickstart", los
                 n_warmup=plan.n_warmup)  # deterministic: rewriting gives identical files
     seconds["suite"] = time.perf_counter() - t0
 
+    suite_id = hashlib.sha256(b"".join((suite / f"{split}.jsonl").read_bytes()
+                                        for split in ("train", "validation", "warmup"))).hexdigest()[:12]
     teacher = Job("teacher", teacher_overrides(suite, plan, out / "teacher", seed, len(cores)), out / "teacher",
-                  out / "configs", plan.teacher_steps)
+                  out / "configs", plan.teacher_steps, inputs=suite_id)
     seconds["teacher"] = run_jobs([teacher], all_cores, "teacher (SFT)", progress)
     init_dir = out / ("student_init" if run_seed == seed else f"student_init_seed{run_seed}")
     init = Job(init_dir.name, warm_start_overrides(suite, plan, init_dir, run_seed, len(cores), teacher.model_path),
-               init_dir, out / "configs", plan.warmup_steps)
+               init_dir, out / "configs", plan.warmup_steps, after=(teacher,), inputs=suite_id)
     seconds["student warm start"] = run_jobs([init], all_cores, "student warm start", progress)
     runs = out / f"students{suffix}"
     students = [Job(spec.name, student_overrides(spec, suite, plan, runs / spec.name, run_seed, 1, init.model_path,
                                                  teacher.model_path,
                                                  (lrs or {}).get(spec.name, (lrs or {}).get(spec.loss))),
-                    runs / spec.name, configs, plan.student_steps) for spec in specs]
+                    runs / spec.name, configs, plan.student_steps, after=(teacher, init), inputs=suite_id) for spec in specs]
     seconds["students"] = run_jobs(students, parallel_slots, f"students ({len(students)} runs, {width} at once)", progress)
 
     t1 = time.perf_counter()
