@@ -23,9 +23,10 @@ from csdistill.losses.reduce import IGNORE_INDEX
 _MASKED_LOGIT = -1e30  # finite stand-in for -inf: exp underflows to exactly 0, no NaN in 0·log 0
 
 
-def _log_probs(student_logits, teacher_logits, temperature: float, loss: str,
-               allow_masked: bool = True):
-    """Checked float32 log-softmaxes (log q, log p), each (..., V); the teacher is detached."""
+def _prepared_logits(student_logits, teacher_logits, temperature: float, loss: str,
+                     allow_masked: bool = True):
+    """Checked float32 logits (student, teacher), each (..., V), masked entries filled and divided by τ;
+    the teacher is detached."""
     check_positive("temperature", temperature, loss)
     masked = check_logits(student_logits, teacher_logits)
     if not allow_masked:
@@ -36,6 +37,13 @@ def _log_probs(student_logits, teacher_logits, temperature: float, loss: str,
         teacher = teacher.masked_fill(masked, _MASKED_LOGIT)
     if temperature != 1.0:
         student, teacher = student / temperature, teacher / temperature
+    return student, teacher
+
+
+def _log_probs(student_logits, teacher_logits, temperature: float, loss: str,
+               allow_masked: bool = True):
+    """Checked float32 log-softmaxes (log q, log p), each (..., V); the teacher is detached."""
+    student, teacher = _prepared_logits(student_logits, teacher_logits, temperature, loss, allow_masked)
     return F.log_softmax(student, -1), F.log_softmax(teacher, -1)
 
 
@@ -53,10 +61,32 @@ def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch
     return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
 
 
+class _ForwardKLFunction(torch.autograd.Function):
+    """KL(softmax(t) ‖ softmax(s)) of prepared logits, (..., V) → (...), with the closed-form gradient
+    ∂/∂s = softmax(s) − softmax(t) computed in the forward pass. Only that (..., V) tensor is kept for
+    backward (autograd through two log-softmaxes keeps three). Not twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        log_q, log_p = F.log_softmax(student, -1), F.log_softmax(teacher, -1)
+        p = log_p.exp()
+        loss = row_dot(p, log_p - log_q)  # (...)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(log_q.exp_().sub_(p))  # q − p, in log_q's buffer
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.unsqueeze(-1), None
+
+
 def forward_kl(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
-    """Forward KL(p_teacher ‖ q_student) = Σ p (log p − log q); mode-covering. (..., V) → (...)."""
-    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature, "fkl")
-    return _kl(log_p, log_q)
+    """Forward KL(p_teacher ‖ q_student) = Σ p (log p − log q); mode-covering. (..., V) → (...).
+
+    Gradient w.r.t. the student logits: (q − p) / τ, closed form (see _ForwardKLFunction)."""
+    student, teacher = _prepared_logits(student_logits, teacher_logits, temperature, "fkl")
+    return _ForwardKLFunction.apply(student, teacher)
 
 
 def reverse_kl(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
