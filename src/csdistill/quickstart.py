@@ -192,7 +192,7 @@ class Job:
         """Finished earlier with the same settings (the stamp is written only after success)."""
         stamp = self.out / "quickstart_stamp.json"
         return (self.model_path / "config.json").is_file() and stamp.is_file() and \
-            json.loads(stamp.read_text()).get("config_hash") == self.stamp()
+            json.loads(stamp.read_text()).get("settings_hash") == self.stamp()
 
     def steps_done(self) -> int:
         metrics = self.out / "metrics.jsonl"
@@ -229,7 +229,7 @@ class Job:
             tail = "\n".join((self.out / "train.log").read_text(errors="replace").splitlines()[-15:])
             raise QuickstartError(f"stage {self.name!r} failed (exit {self.process.returncode}); "
                                   f"log: {self.out / 'train.log'}; config: {self.config_path}\n{tail}")
-        (self.out / "quickstart_stamp.json").write_text(json.dumps({"config_hash": self.stamp()}))
+        (self.out / "quickstart_stamp.json").write_text(json.dumps({"settings_hash": self.stamp()}))
 
 
 def available_cores() -> list[int]:
