@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from csdistill.quickstart import LOSS_LR, PAPER_LOSSES, RunSpec, parse_losses, quickstart
+from csdistill.quickstart import LOSS_LR, PAPER_LOSSES, RunSpec, parse_losses, quickstart, summary_scores
 from csdistill.report import markdown_table
 
 
@@ -38,26 +38,20 @@ def set_score(set_result: dict) -> float | None:
 
 
 def run_scores(result: dict) -> dict[str, float]:
-    """The numbers the table reports for one evaluated run."""
-    sets = result["sets"]
-    exact = [s["exact_match"]["mean"] for s in sets.values() if s.get("exact_match")]
-    dist = [s["distribution"] for s in sets.values() if s.get("distribution")]
-    scores = [v for v in (set_score(s) for s in sets.values()) if v is not None]
-    fidelity = [s["fidelity"] for s in sets.values() if s.get("fidelity")]
-    return {"score": statistics.fmean(scores), "exact": statistics.fmean(exact),
-            "valid": 100.0 * statistics.fmean(d["valid"] for d in dist), "tvd": statistics.fmean(d["tvd"] for d in dist),
-            "entropy_ratio": statistics.fmean(d["entropy"] / max(d["true_entropy"], 1e-9) for d in dist),
-            "fkl": statistics.fmean(f["forward_kl"] for f in fidelity),
-            "top1": 100.0 * statistics.fmean(f["top1_agreement"] for f in fidelity)}
+    """The numbers the table reports for one evaluated run (shares and agreement in %)."""
+    summary = summary_scores(result)
+    scores = [v for v in (set_score(s) for s in result["sets"].values()) if v is not None]
+    return {**summary, "score": statistics.fmean(scores), "valid": 100.0 * summary["valid"],
+            "top1": 100.0 * summary["top1"]}
 
 
 def by_label(results: list[dict]) -> dict[str, dict[str, float]]:
     return {r["label"]: run_scores(r) for r in results}
 
 
-def sweep(out: Path, specs: list[RunSpec], lrs: list[float], progress: bool) -> dict[str, float]:
-    """Best lr per run name on the validation split (run seed 100)."""
-    losses = [f"{s.loss}:{s.weighting}" if s.weighting else s.loss for s in specs]
+def sweep(out: Path, losses: str, lrs: list[float], progress: bool) -> dict[str, float]:
+    """Best lr per run name on the validation split (run seed 100); `losses` as for --losses."""
+    specs = parse_losses(losses)
     table: dict[str, dict[float, float]] = {}
     for lr in lrs:
         summary = quickstart("default", out, losses, seed=0, progress=progress, run_seed=100, tag=f"sweep_lr{lr:g}",
@@ -132,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_sweep:
         best = {s.name: LOSS_LR.get(s.name, LOSS_LR[s.loss]) for s in [RunSpec("sft"), *specs]}
     else:
-        best = sweep(out, specs, [float(x) for x in args.sweep.split(",")], progress)
+        best = sweep(out, args.losses, [float(x) for x in args.sweep.split(",")], progress)
     seeds = [int(s) for s in args.seeds.split(",")]
     per_seed = []
     for seed in seeds:

@@ -119,9 +119,12 @@ def parse_losses(text: str | list[str] | tuple[str, ...]) -> list[RunSpec]:
     return specs
 
 
+# How suite records become sequences, for training and evaluation alike.
+DATA_SETTINGS = ("data.template=plain", "data.max_prompt_length=64", "data.max_length=128")
+
+
 def _data_overrides(suite: Path, plan: Plan) -> list[str]:
-    return [f"data.validation_file={suite / 'validation.jsonl'}", "data.template=plain",
-            "data.max_prompt_length=64", "data.max_length=128"]
+    return [f"data.validation_file={suite / 'validation.jsonl'}", *DATA_SETTINGS]
 
 
 def _train_overrides(plan: Plan, out: Path, steps: int, lr: float, seed: int, threads: int) -> list[str]:
@@ -295,16 +298,14 @@ def evaluate_runs(models: dict[str, Path], labels: dict[str, str], teacher_path:
     import torch
     from tqdm import tqdm
 
-    from csdistill.config import config_from_dict
-    from csdistill.evaluate.runner import evaluate_model
+    from csdistill.evaluate.runner import evaluate_model, resolve_model_dir
     from csdistill.models import load_model, load_tokenizer
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar over the models instead of one per weight file
     torch.set_num_threads(threads)
-    cfg = load_config(None, ["train.mode=sft", "data.template=plain", "data.max_prompt_length=64", "data.max_length=128",
-                             f"eval.seeds={list(plan.eval_seeds)}", f"generation.max_new_tokens={plan.max_new_tokens}",
+    cfg = load_config(None, ["train.mode=sft", *DATA_SETTINGS, f"eval.seeds={list(plan.eval_seeds)}", f"generation.max_new_tokens={plan.max_new_tokens}",
                              "generation.batch_size=128"])
     teacher = load_model(str(teacher_path)).eval()
     sets = task_sets(suite, split)
@@ -312,8 +313,7 @@ def evaluate_runs(models: dict[str, Path], labels: dict[str, str], teacher_path:
     for name, path in tqdm(models.items(), desc=f"evaluate ({split})", unit="model", disable=not progress):
         model = teacher if path == teacher_path else load_model(str(path)).eval()
         tokenizer = load_tokenizer(str(path))
-        saved = path.parent.parent / "config.yaml"  # <run>/checkpoint-N/model -> <run>/config.yaml
-        train_cfg = config_from_dict(_yaml(saved)) if saved.is_file() else None
+        _, train_cfg = resolve_model_dir(str(path))  # the config saved beside the model: labels the run
         results.append(evaluate_model(model, tokenizer, sets, cfg, teacher=teacher, out_dir=out / name,
                                       progress=False, command="csdistill quickstart", model_name=str(path),
                                       teacher_name=str(teacher_path), label=labels[name], train_cfg=train_cfg))
@@ -356,36 +356,39 @@ def perfect_sampler_line(sets: dict[str, list[dict]], n_samples: int) -> str:
             "the best a perfect sampler reaches with this few samples.")
 
 
-def _yaml(path: Path) -> dict:
-    import yaml
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
-    return yaml.safe_load(path.read_text())
+
+def summary_scores(result: dict) -> dict[str, float | None]:
+    """Means over one evaluated run's sets (None where no set has the metric): exact (EM %, exact tasks),
+    valid / tvd / entropy_ratio (sampled entropy / true entropy; distribution tasks), fkl / top1
+    (teacher-forced fidelity to the teacher)."""
+    sets = list(result["sets"].values())
+    dist = [s["distribution"] for s in sets if s.get("distribution")]
+    fidelity = [s.get("fidelity") or {} for s in sets]
+    return {"exact": _mean(s["exact_match"]["mean"] for s in sets if s.get("exact_match")),
+            "valid": _mean(d["valid"] for d in dist), "tvd": _mean(d["tvd"] for d in dist),
+            "entropy_ratio": _mean(d["entropy"] / max(d["true_entropy"], 1e-9) for d in dist),
+            "fkl": _mean(f.get("forward_kl") for f in fidelity), "top1": _mean(f.get("top1_agreement") for f in fidelity)}
 
 
 def comparison_table(results: list[dict]) -> str:
-    """Markdown: exact match per exact task + their mean, distribution validity/TVD, teacher fidelity."""
+    """Markdown: exact match per exact task, then summary_scores as columns."""
     from csdistill.report import markdown_table
 
     def em(task):
-        return lambda r: ((r["sets"].get(task, {}).get("exact_match") or {}).get("mean"),
-                          (r["sets"].get(task, {}).get("exact_match") or {}).get("std"))
+        return lambda r: tuple((r["sets"].get(task, {}).get("exact_match") or {}).get(k) for k in ("mean", "std"))
+
+    def summary(key):
+        return lambda r: (summary_scores(r)[key], None)
 
     exact = [t for t in results[0]["sets"] if results[0]["sets"][t].get("exact_match")]
-    dist = [t for t in results[0]["sets"] if results[0]["sets"][t].get("distribution")]
-
-    def mean_of(r, tasks, get):
-        values = [get(r["sets"][t]) for t in tasks if t in r["sets"]]
-        values = [v for v in values if v is not None]
-        return (sum(values) / len(values) if values else None, None)
-
     columns = [(f"{t} EM ↑", em(t), 1, 1) for t in exact]
-    columns.append(("exact avg ↑", lambda r: mean_of(r, exact, lambda s: s["exact_match"]["mean"]), 1, 1))
-    columns += [("dist valid ↑", lambda r: mean_of(r, dist, lambda s: s["distribution"]["valid"]), 1, 3),
-                ("dist TVD ↓", lambda r: mean_of(r, dist, lambda s: s["distribution"]["tvd"]), -1, 3),
-                ("dist entropy/true", lambda r: mean_of(r, dist, lambda s: s["distribution"]["entropy"] /
-                                                        max(s["distribution"]["true_entropy"], 1e-9)), 0, 2),
-                ("FKL to teacher ↓", lambda r: mean_of(r, list(r["sets"]), lambda s: (s.get("fidelity") or {}).get("forward_kl")), -1, 3),
-                ("top-1 agree ↑", lambda r: mean_of(r, list(r["sets"]), lambda s: (s.get("fidelity") or {}).get("top1_agreement")), 1, 3)]
+    columns += [("exact avg ↑", summary("exact"), 1, 1), ("dist valid ↑", summary("valid"), 1, 3),
+                ("dist TVD ↓", summary("tvd"), -1, 3), ("dist entropy/true", summary("entropy_ratio"), 0, 2),
+                ("FKL to teacher ↓", summary("fkl"), -1, 3), ("top-1 agree ↑", summary("top1"), 1, 3)]
     return markdown_table([r.get("label", "?") for r in results], results, columns)
 
 
