@@ -85,6 +85,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csdistill", description="Concrete Score Distillation for causal LMs")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks of user errors (anywhere on the "
+                                                             "command line; or set CSDISTILL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a student (any mode)")
@@ -142,15 +144,34 @@ def _register_extra(parser: argparse.ArgumentParser, module: str) -> None:
         add(parser)
 
 
+# ---- error boundary (issue 13): user errors are one line, tracebacks only on request
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user error (csdistill.errors.is_user_error), a full or read-only disk and
+    Ctrl-C each print one line (exit 2, 2, 130); --debug (anywhere) or CSDISTILL_DEBUG=1 re-raises them
+    with the full traceback. Anything else is a bug and keeps its traceback."""
+    import os
+
+    from csdistill.errors import DEBUG_ENV, is_user_error, storage_error
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
-    from csdistill.config import ConfigError
-
     try:
         return int(args.func(args) or 0)
-    except ConfigError as err:
-        print(f"csdistill: config error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("csdistill: interrupted (Ctrl-C); what was saved is kept (train: continue with train.resume=auto)",
+              file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:
+        one_line = storage_error(err) if isinstance(err, OSError) else err if is_user_error(err) else None
+        if debug or one_line is None:
+            raise
+        message = " ".join(str(one_line).split())  # one line, whatever the message's layout
+        print(f"csdistill: error: {message}", file=sys.stderr)
         return 2
 
 

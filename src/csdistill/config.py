@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,8 +21,10 @@ from typing import Any, Sequence
 
 import yaml
 
+from csdistill.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A user error in a config file or override: names the key, the value and the fix."""
 
 
@@ -134,6 +137,8 @@ class TrainConfig:
     save_every: int = _f(0, "steps between checkpoints (0 = only at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk (oldest deleted)")
     resume: str = _f("", "checkpoint dir to resume from, or 'auto' for the latest in output_dir")
+    overwrite: bool = _f(False, "start afresh in an output_dir that holds an earlier run; its files are moved to "
+                                "<output_dir>/replaced-<time>/ (nothing is deleted)")
     tensorboard: bool = _f(False, "also log to TensorBoard")
     progress: bool = _f(True, "show a progress bar")
     num_threads: int = _f(0, "torch CPU threads (0 = torch's default)")
@@ -199,16 +204,22 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 if not number.is_integer():
                     raise ValueError
                 number = int(number)
-            return annotation(number)
-        except (TypeError, ValueError):
+            number = annotation(number)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}={value!r}: expected {annotation.__name__}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}={value!r}: must be a finite number")
+        return number
     if annotation is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}={value!r}: expected a string")
         return str(value)
     if annotation is list or origin is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            try:
+                value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            except yaml.YAMLError:
+                raise ConfigError(f"{key}={value!r}: not a valid list; write e.g. {key}=[a,b]") from None
         if not isinstance(value, list):
             raise ConfigError(f"{key}={value!r}: expected a list, e.g. {key}=[a,b]")
         return list(value)
@@ -226,10 +237,28 @@ def _merge(obj: Any, data: dict, prefix: str = "") -> None:
         if key not in valid:
             raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(valid)}")
         current = getattr(obj, key)
+        if isinstance(value, Override):  # a dotted override: a string field takes the text as written
+            value = value.text if hints[key] is str and not isinstance(value.parsed, str) else value.parsed
         if dataclasses.is_dataclass(current):
             _merge(current, value, f"{full}.")
         else:
             setattr(obj, key, _coerce(full, value, hints[key]))
+
+
+class Override(typing.NamedTuple):
+    """A dotted override's value: YAML-parsed, and the text as written. A string field takes the text
+    when YAML would read something else, so data.template='Q: {question}' stays a string."""
+
+    text: str
+    parsed: Any
+
+
+def _parse_override(raw: str) -> Override:
+    try:
+        parsed = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        parsed = raw  # not YAML: the text itself (a non-string field then names the key in its error)
+    return Override(raw, parsed)
 
 
 def _set_dotted(data: dict, dotted: str) -> None:
@@ -242,7 +271,7 @@ def _set_dotted(data: dict, dotted: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    node[parts[-1]] = _parse_override(raw)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -372,6 +401,33 @@ def validate(cfg: Config) -> None:
                  "the fused path (loss.fused=true) never forms teacher logits to cache; set one of them to false")
     if t.lm_coef > 0:
         _require(bool(d.lm_file), "data.lm_file", d.lm_file, "train.lm_coef > 0 needs a plain-text data.lm_file")
+    _validate_ranges(cfg)
+
+
+# ---- issue 13: ranges checked here rather than deep in torch/PEFT at the first step
+def _validate_ranges(cfg: Config) -> None:
+    t, m, g, e = cfg.train, cfg.model, cfg.generation, cfg.eval
+    _require(bool(t.output_dir.strip()), "train.output_dir", t.output_dir, "must name a folder (e.g. runs/my-run)")
+    _require(not (t.overwrite and t.resume), "train.overwrite", True,
+             f"train.resume={t.resume!r} continues a run, train.overwrite=true starts afresh: choose one")
+    betas = t.adam_betas
+    _require(len(betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas),
+             "train.adam_betas", betas, "must be two numbers in [0, 1), e.g. train.adam_betas=[0.9,0.999]")
+    _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    for key in ("save_every", "log_every", "keep_checkpoints", "num_threads", "warmup_steps"):
+        _require(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "must be >= 0")
+    _require(m.lora.r >= 1, "model.lora.r", m.lora.r, "the LoRA rank must be >= 1 (e.g. 16)")
+    _require(m.lora.alpha > 0, "model.lora.alpha", m.lora.alpha, "must be > 0")
+    _require(0 <= m.lora.dropout < 1, "model.lora.dropout", m.lora.dropout, "must lie in [0, 1)")
+    _require(g.top_k >= 0, "generation.top_k", g.top_k, "must be >= 0 (0 = off)")
+    _require(g.batch_size >= 1, "generation.batch_size", g.batch_size, "must be >= 1")
+    _require(cfg.loss.temperature > 0, "loss.temperature", cfg.loss.temperature, "must be > 0")
+    _require(all(isinstance(s, int) and not isinstance(s, bool) for s in e.seeds), "eval.seeds", e.seeds,
+             "every seed must be an integer, e.g. eval.seeds=[10,20,30]")
+    for key in ("eval_every", "max_examples"):
+        _require(getattr(e, key) >= 0, f"eval.{key}", getattr(e, key), "must be >= 0")
+    _require(e.calibration_bins >= 1, "eval.calibration_bins", e.calibration_bins, "must be >= 1")
+    _require(cfg.data.max_train_examples >= 0, "data.max_train_examples", cfg.data.max_train_examples, "must be >= 0")
 
 
 def loss_params(loss_cfg: LossConfig) -> dict[str, Any]:

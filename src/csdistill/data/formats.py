@@ -26,13 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from csdistill.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 FORMATS = ("auto", "instruction", "chat", "text")
 CHAT_TURN = "<|{role}|>\n{content}\n"  # role-tagged turn when the tokenizer has no chat template
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A malformed record or data file: names the file, the line and the field."""
 
     def __init__(self, path: str, line: int | None, field: str, problem: str):

@@ -5,11 +5,41 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 CORE_COLUMNS = ("step", "loss", "lr", "tokens_per_s", "elapsed", "val_loss")
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl. A half-written last line (a run killed mid-append) is dropped with a
+    warning; a bad line elsewhere is an error naming file:line."""
+    from csdistill.errors import UserError
+
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if number == len(lines):
+                print(f"csdistill: warning: {path}:{number}: dropping a half-written last line", file=sys.stderr)
+                continue
+            raise UserError(f"{path}:{number}: not a JSON object; fix or delete that line") from None
+        rows.append(row)
+    return rows
 
 
 class MetricsLogger:
@@ -36,20 +66,22 @@ class MetricsLogger:
         path = self.dir / "metrics.jsonl"
         if start_step == 0 or not path.is_file():
             return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_metrics(path)
         return [row for row in rows if row.get("step", 0) <= start_step]
 
     def _rewrite(self) -> None:
-        (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        _replace(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self._write_csv()
 
     def _write_csv(self) -> None:
         # Columns vary (val_loss and callback metrics appear only on eval steps): rewrite the small file.
         extra = sorted({k for row in self.history for k in row} - set(CORE_COLUMNS))
-        with open(self.dir / "metrics.csv", "w", newline="") as f:
+        tmp = self.dir / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=[*CORE_COLUMNS, *extra], restval="")
             writer.writeheader()
             writer.writerows(self.history)
+        tmp.replace(self.dir / "metrics.csv")
 
     def log(self, row: dict) -> None:
         """Append one record (must hold 'step'); scalars only."""

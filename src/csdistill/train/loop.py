@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,9 +16,11 @@ import torch
 from accelerate import Accelerator
 
 from csdistill.checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint
-from csdistill.config import Config, config_hash, loss_params, to_yaml
+from csdistill.config import Config, config_hash, loss_params, to_dict, to_yaml
+from csdistill.errors import CheckpointError, OutputDirError, UserError, check_writable
 from csdistill.train.dataset import load_train_data
 from csdistill.train.logging import MetricsLogger
+from csdistill.train.output_dir import RunLock, check_earlier_run, config_changes, warn
 from csdistill.train.objective import Objective, part_loss, validation_loss, window_counts
 from csdistill.train.schedules import build_scheduler, total_steps
 from csdistill.train.teacher_cache import TeacherLogitCache
@@ -57,6 +60,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     total_steps: int
     callbacks: list[MetricCallback]
+    resume_from: Path | None = None  # the verified checkpoint this run continues (train.resume)
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -107,16 +111,60 @@ def _place_teacher(accelerator: Accelerator, teacher: torch.nn.Module) -> torch.
     return teacher.to(accelerator.device)
 
 
-def setup(cfg: Config, callbacks: list[MetricCallback]) -> Run:
+def _checked_resume(cfg: Config) -> Path | None:
+    """The checkpoint train.resume names (verified; see checkpoint.resolve_resume), refused when it was
+    written with settings that shape the run differently (train.resume=auto) or with a warning naming
+    them (an explicit checkpoint path: the user chose it)."""
+    path = resolve_resume(cfg.train.resume, cfg.train.output_dir)
+    if path is None:
+        return None
+    import yaml
+
+    saved = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else None
+    changes = config_changes(saved, to_dict(cfg)) if isinstance(saved, dict) else []
+    if changes and cfg.train.resume == "auto":
+        raise CheckpointError(
+            f"train.resume=auto: {path} belongs to a run with other settings ({'; '.join(changes)}); resume with "
+            "the same settings, start afresh with train.overwrite=true, or choose another train.output_dir")
+    if changes:
+        warn(f"train.resume={cfg.train.resume}: continuing a checkpoint saved with other settings: {'; '.join(changes)}")
+    return path
+
+
+def claim_output_dir(accelerator: Accelerator, cfg: Config, stack: contextlib.ExitStack) -> Path | None:
+    """Before any model is loaded: the output folder is writable, locked for this run (released by
+    `stack`), free of any other run (train.overwrite moves one aside) and the resume checkpoint fits.
+    The main process decides; every process raises the same error."""
+    error, resume_from = None, None
+    if accelerator.is_main_process:
+        try:
+            root = check_writable(cfg.train.output_dir, "train.output_dir")
+            stack.callback(RunLock.acquire(root).release)
+            check_earlier_run(root, cfg.train.resume, cfg.train.overwrite)
+            resume_from = _checked_resume(cfg)
+        except UserError as err:
+            error = err
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        message, resume_from = broadcast_object_list([None if error is None else str(error), resume_from])
+        if message is not None and error is None:
+            error = OutputDirError(message)
+    if error is not None:
+        raise error
+    return resume_from
+
+
+def setup(cfg: Config, callbacks: list[MetricCallback], stack: contextlib.ExitStack) -> Run:
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     # cpu=True without CUDA: under torchrun (`accelerate launch`, configs/accelerate/cpu_2proc.yaml) that
     # selects multi-process CPU data parallel with gloo. Precision: autocast_for / the model dtype (the
     # shipped accelerate configs keep mixed_precision 'no', except DeepSpeed, which needs its bf16 flag).
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    resume_from = claim_output_dir(accelerator, cfg, stack)
     if accelerator.is_main_process:
         print(f"csdistill: resolved config (hash {config_hash(cfg)}):\n{to_yaml(cfg)}", flush=True)
-        Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.train.output_dir) / "config.yaml").write_text(to_yaml(cfg))
     tokenizer, student, teacher, vocab_size = load_models(cfg)
     data = load_train_data(cfg, tokenizer)
@@ -131,7 +179,7 @@ def setup(cfg: Config, callbacks: list[MetricCallback]) -> Run:
                           vocab_size, autocast, TeacherLogitCache() if cfg.train.cache_teacher_logits else None)
     source = BatchSource(cfg, data, tokenizer, accelerator.process_index, accelerator.num_processes, steps)
     return Run(cfg, accelerator, student, teacher, tokenizer, objective, source, data.validation,
-               optimizer, scheduler, steps, list(callbacks))
+               optimizer, scheduler, steps, list(callbacks), resume_from)
 
 
 def _loss_fn(cfg: Config) -> Callable:
@@ -197,16 +245,21 @@ def save(run: Run, step: int, final: bool) -> Path:
 
 def resume(run: Run) -> tuple[int, Path | None]:
     """(first step to run, checkpoint resumed from) per train.resume."""
-    path = resolve_resume(run.cfg.train.resume, run.cfg.train.output_dir)
+    path = run.resume_from
     if path is None:
         return 0, None
     trainer_state, rank_state = load_checkpoint(path, accelerator=run.accelerator, model=run.student,
                                                 optimizer=run.optimizer, scheduler=run.scheduler)
     run.source.load_state_dict(trainer_state["source"])
     run.source.load_rank_state_dict(rank_state)
+    step = int(trainer_state["step"])
     if run.accelerator.is_main_process:
-        print(f"csdistill: resumed from {path} at step {trainer_state['step']}", flush=True)
-    return int(trainer_state["step"]), path
+        print(f"csdistill: resumed from {path} at step {step}", flush=True)
+        if step >= run.total_steps:
+            print(f"csdistill: {path} is at step {step}, the end of this run ({run.total_steps} steps): nothing left "
+                  "to train; to train longer, start a new run from its model (model.name_or_path="
+                  f"{path / 'model'}) in another train.output_dir", flush=True)
+    return step, path
 
 
 def _pause_for_tests(step: int, output_dir: str) -> None:
@@ -219,9 +272,30 @@ def _due(done: int, every: int, total: int) -> bool:
     return done == total or (every > 0 and done % every == 0)
 
 
+def _diverged(run: Run, stats: dict) -> bool:
+    """True on every process when any process's loss (or gradient norm) is not finite."""
+    values = [stats["loss"], stats["grad_norm"] if stats["grad_norm"] is not None else 0.0]
+    bad = torch.tensor(float(not all(math.isfinite(v) for v in values)), device=run.accelerator.device)
+    if run.accelerator.num_processes > 1:
+        bad = run.accelerator.reduce(bad, reduction="sum")
+    return bool(bad.item() > 0)
+
+
+def _divergence_error(run: Run, step: int, lr: float, checkpoint: Path | None, cause: str) -> UserError:
+    kept = f"the last checkpoint {checkpoint} is kept" if checkpoint else "no checkpoint was written before it"
+    return UserError(f"training diverged at step {step + 1} ({cause}); lower train.lr (now {run.cfg.train.lr:g}, "
+                     f"this step {lr:g}) or keep train.grad_clip > 0; {kept}")
+
+
 def train(cfg: Config, callbacks: list[MetricCallback] | tuple = ()) -> TrainResult:
     """Train the student per `cfg` (any mode); checkpoints, metrics.jsonl/csv under train.output_dir."""
-    run = setup(cfg, list(callbacks))
+    with contextlib.ExitStack() as stack:  # holds the output folder's lock until the run ends
+        run = setup(cfg, list(callbacks), stack)
+        return _train(run)
+
+
+def _train(run: Run) -> TrainResult:
+    cfg = run.cfg
     acc, t = run.accelerator, cfg.train
     start, checkpoint = resume(run)
     logger = MetricsLogger(t.output_dir, enabled=acc.is_main_process, total_steps=run.total_steps,
@@ -232,7 +306,16 @@ def train(cfg: Config, callbacks: list[MetricCallback] | tuple = ()) -> TrainRes
     for step in range(start, run.total_steps):
         lr = run.scheduler.get_last_lr()[0]  # the lr this step uses
         step_start = time.perf_counter()
-        stats = train_step(run, step)
+        try:
+            stats = train_step(run, step)
+        except ValueError as err:  # losses.checks: "non-finite student logits (NaN or +inf) ..."
+            if "non-finite" not in str(err):
+                raise
+            logger.close()
+            raise _divergence_error(run, step, lr, checkpoint, str(err).split(";")[0]) from err
+        if _diverged(run, stats):  # nothing is saved after a non-finite step
+            logger.close()
+            raise _divergence_error(run, step, lr, checkpoint, f"loss {stats['loss']}, grad norm {stats['grad_norm']}")
         done = step + 1
         for key, value in (("loss", stats["loss"]), ("steps", 1), ("tokens", stats["tokens"]),
                            ("seconds", time.perf_counter() - step_start)):  # eval/save time is not throughput
