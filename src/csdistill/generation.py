@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from csdistill.config import Config, ConfigError, GenerationConfig
+from csdistill.errors import check_writable
 from csdistill.seeding import make_generator
 
 
@@ -193,15 +194,12 @@ def generate_command(cfg: Config, checkpoint: str, prompts: Sequence[str], promp
     from csdistill.data.templates import build_prompt
     from csdistill.models import load_model, load_tokenizer
 
-    try:
-        records = _prompt_records(prompts, prompts_file, cfg)
-        model_dir = _checkpoint_model_dir(checkpoint)
-        tokenizer = load_tokenizer(cfg.model.tokenizer or model_dir)
-        model = load_model(model_dir, precision=cfg.model.precision, trust_remote_code=cfg.model.trust_remote_code)
-    except ConfigError:
-        raise
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    records = _prompt_records(prompts, prompts_file, cfg)
+    if out:
+        check_writable(Path(out).parent, "--out")  # before the work, not after it
+    model_dir = _checkpoint_model_dir(checkpoint)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or model_dir)
+    model = load_model(model_dir, precision=cfg.model.precision, trust_remote_code=cfg.model.trust_remote_code)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     texts = generate_texts(model, tokenizer, [build_prompt(r, cfg.data.template) for r in records], cfg.generation,
                            seed, cfg.data.max_prompt_length, progress=sys.stderr.isatty())
@@ -209,7 +207,8 @@ def generate_command(cfg: Config, checkpoint: str, prompts: Sequence[str], promp
     for result in results:
         print(f"### {result['instruction']}\n{result['response']}\n")
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results), encoding="utf-8")
+        tmp = Path(out).with_name(Path(out).name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results), encoding="utf-8")
+        tmp.replace(out)
         print(f"csdistill: wrote {len(results)} generations to {out}", file=sys.stderr)
     return 0

@@ -15,7 +15,6 @@ import datetime
 import json
 import platform
 import shlex
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -46,12 +45,57 @@ def load_results(source: str | Path | dict) -> dict:
         try:
             result = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"results {str(path)!r} is not valid JSON ({err.msg})") from None
+            raise ValueError(f"results {str(path)!r} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"results {str(path)!r} is not UTF-8 text; pass a results.json") from None
+        if not isinstance(result, dict):
+            raise ValueError(f"results {str(path)!r}: expected a JSON object, got {type(result).__name__}")
         result = {**result, "_path": str(path)}
         where = str(path)
-    if not isinstance(result.get("sets"), dict):
+    if not isinstance(result, dict) or not isinstance(result.get("sets"), dict):
         raise ValueError(f"{where}: no 'sets' mapping; is this a `csdistill evaluate` results JSON?")
+    _check_shape(result, where)
     return result
+
+
+# What a results JSON's sets hold, per key: a dict of numbers (None allowed; per_seed a list of numbers).
+_METRIC_KEYS = ("rouge_l", "bleu", "chrf", "semantic", "exact_match", "self_bleu", "distinct_1", "distinct_2",
+                "calibration", "fidelity", "distribution")
+
+
+def _is_number(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _check_metric(value, where: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object of numbers, got {type(value).__name__} {value!r:.40}")
+    for key, item in value.items():
+        if isinstance(item, dict):
+            _check_metric(item, f"{where}.{key}")
+        elif isinstance(item, list):
+            if not all(_is_number(x) for x in item):
+                raise ValueError(f"{where}.{key}: expected a list of numbers, got {item!r:.40}")
+        elif not _is_number(item):
+            raise ValueError(f"{where}.{key}: expected a number, got {type(item).__name__} {item!r:.40}")
+
+
+def _check_shape(result: dict, where: str) -> None:
+    """Name the first malformed field (file and key path) instead of failing later inside a table."""
+    for key in ("run", "machine"):
+        if key in result and not isinstance(result[key], (dict, str, type(None))):
+            raise ValueError(f"{where}: {key}: expected an object, got {type(result[key]).__name__}")
+    for name, set_result in result["sets"].items():
+        if not isinstance(set_result, dict):
+            raise ValueError(f"{where}: sets.{name}: expected an object of metrics, got "
+                             f"{type(set_result).__name__} {set_result!r:.40}; rerun `csdistill evaluate`")
+        for key in _METRIC_KEYS:
+            try:
+                _check_metric(set_result.get(key), f"sets.{name}.{key}")
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}; rerun `csdistill evaluate` or fix the file") from None
 
 
 def load_metrics_log(run_dir: str | Path) -> list[dict]:
@@ -60,17 +104,9 @@ def load_metrics_log(run_dir: str | Path) -> list[dict]:
     path = path / "metrics.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise ValueError(f"--metrics {str(run_dir)!r}: no metrics.jsonl there; pass the trainer's train.output_dir")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}:{number}: not valid JSON") from None
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
+    from csdistill.train.logging import read_metrics  # tolerates a half-written last line
+
+    return [row for row in read_metrics(path) if "step" in row]
 
 
 # --------------------------------------------------------------------------- labels and numbers
@@ -393,15 +429,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    """`csdistill report`: user errors print one line and return 2."""
-    try:
-        command = shlex.join(["csdistill", "report", *args.results, "--out", args.out, "--title", args.title,
-                              *(["--metrics", *args.metrics] if args.metrics else []),
-                              *(["--labels", *args.labels] if args.labels else [])])
-        path = build_report(args.results, args.out, args.metrics, title=args.title, labels=args.labels,
-                            command=command)
-    except ValueError as err:
-        print(f"csdistill report: error: {err}", file=sys.stderr)
-        return 2
+    """`csdistill report`; user errors go to the CLI's one-line handler (cli.main)."""
+    from csdistill.errors import check_writable
+
+    command = shlex.join(["csdistill", "report", *args.results, "--out", args.out, "--title", args.title,
+                          *(["--metrics", *args.metrics] if args.metrics else []),
+                          *(["--labels", *args.labels] if args.labels else [])])
+    check_writable(args.out, "--out")
+    path = build_report(args.results, args.out, args.metrics, title=args.title, labels=args.labels, command=command)
     print(f"wrote {path}")
     return 0

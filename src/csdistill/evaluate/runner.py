@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 
 from csdistill.config import Config, GenerationConfig, config_hash, to_dict
+from csdistill.errors import check_writable
 from csdistill.evaluate.scoring import (comet_scores, record_references, semantic_scores, task_scores, task_specs,
                                         text_scores)
 from csdistill.evaluate.semantic import load_encoder
@@ -391,6 +392,7 @@ def _evaluate_from_args(args: argparse.Namespace) -> dict:
         if not Path(path).is_file():
             hint = " (dotted overrides go before --sets, which takes every word after it)" if "=" in path else ""
             raise ValueError(f"evaluation set {path!r} not found; pass existing JSONL files to --sets{hint}")
+    check_writable(out, "--out")  # before the work, not after it
     model, tokenizer, teacher, vocab = _load_models(cfg, model_path, teacher_path)
     return evaluate_model(model, tokenizer, cfg.eval.sets, cfg, teacher, out, progress=cfg.train.progress,
                           command=command_line(args), model_name=model_path,
@@ -398,16 +400,8 @@ def _evaluate_from_args(args: argparse.Namespace) -> dict:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    """`csdistill evaluate`: user errors print one line and return 2 (config errors go to the CLI's handler)."""
-    from csdistill.config import ConfigError
-
-    try:
-        results = _evaluate_from_args(args)
-    except ConfigError:
-        raise
-    except ValueError as err:
-        print(f"csdistill evaluate: error: {err}", file=sys.stderr)
-        return 2
+    """`csdistill evaluate`; user errors go to the CLI's one-line handler (cli.main)."""
+    results = _evaluate_from_args(args)
     for line in summary_lines(results):
         print(line)
     print(f"wrote {Path(results['config']['eval']['output_dir']) / 'results.json'}")
