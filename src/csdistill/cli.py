@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except (ValueError, OSError) as err:
-        one_line = storage_error(err) if isinstance(err, OSError) else err if is_user_error(err) else None
+        one_line = err if is_user_error(err) else storage_error(err)
         if debug or one_line is None:
             raise
         message = " ".join(str(one_line).split())  # one line, whatever the message's layout

@@ -149,7 +149,10 @@ def load_train_data(cfg: Config, tokenizer) -> TrainData:
     if cfg.train.lm_coef > 0:
         from csdistill.data.text import load_text_chunks
 
-        lm_chunks = load_text_chunks(d.lm_file, tokenizer, d.max_length)  # [{input_ids, labels}]
+        try:
+            lm_chunks = load_text_chunks(d.lm_file, tokenizer, d.max_length)  # [{input_ids, labels}]
+        except ValueError as err:  # csdistill.data.DataError: missing file, bad record
+            raise ConfigError(f"data.lm_file={d.lm_file!r}: {err}") from None
         if not lm_chunks:
             raise ConfigError(f"data.lm_file={d.lm_file!r} yields no text blocks of data.max_length={d.max_length} tokens")
     return TrainData(train=train, validation=encode(val_records, tokenizer, cfg), lm_chunks=lm_chunks)

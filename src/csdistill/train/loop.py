@@ -283,8 +283,9 @@ def _diverged(run: Run, stats: dict) -> bool:
 
 def _divergence_error(run: Run, step: int, lr: float, checkpoint: Path | None, cause: str) -> UserError:
     kept = f"the last checkpoint {checkpoint} is kept" if checkpoint else "no checkpoint was written before it"
+    clip = "" if run.cfg.train.grad_clip > 0 else " or set train.grad_clip=1.0"
     return UserError(f"training diverged at step {step + 1} ({cause}); lower train.lr (now {run.cfg.train.lr:g}, "
-                     f"this step {lr:g}) or keep train.grad_clip > 0; {kept}")
+                     f"{lr:g} at this step){clip}; {kept}")
 
 
 def train(cfg: Config, callbacks: list[MetricCallback] | tuple = ()) -> TrainResult:
