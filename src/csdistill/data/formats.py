@@ -11,7 +11,11 @@ the text format gives ``text`` instead). Accepted spellings:
 - text: a ``.txt`` file (one record, the whole file) or JSONL with a ``text`` field.
 
 Local files are read line by line so that every bad record is reported as
-``DataError: <file>:<line>: <field>: <what is wrong>; <fix>``. ``skip_bad`` skips such records and
+``DataError: <file>:<line>: <field>: <what is wrong>; <fix>``; that includes bytes that are not UTF-8,
+chat roles outside ``CHAT_ROLES``, a ``references`` that is neither a string (one reference) nor a list
+of strings, and instruction/chat records over ``MAX_RECORD_CHARS`` characters (their tokenisation
+would need ~400 bytes of memory per character; text documents have no limit, they are tokenised in
+pieces). ``skip_bad`` skips such records and
 counts them. Files are JSONL; a ``.json`` file holding one array (Alpaca's layout) is read too,
 its "lines" then being 1-based record numbers. A name that is not a local file but looks like a hub
 dataset id is read with ``datasets.load_dataset`` (train split).
@@ -32,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("auto", "instruction", "chat", "text")
 CHAT_TURN = "<|{role}|>\n{content}\n"  # role-tagged turn when the tokenizer has no chat template
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+MAX_RECORD_CHARS = 1_000_000  # characters in the string fields of one instruction/chat record
 
 
 class DataError(UserError):
@@ -58,9 +64,28 @@ class RecordSet:
 # --------------------------------------------------------------------------- reading raw rows
 
 
+UTF8_FIX = "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 IN > OUT)"
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text; DataError naming file:line when it is binary, UTF-16 or not UTF-8."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(str(path), None, "encoding", "the file is UTF-16; " + UTF8_FIX.replace("latin1", "utf-16"))
+    if b"\x00" in data[:4096]:
+        raise DataError(str(path), None, "encoding", "the file looks binary (NUL bytes); pass a UTF-8 text/JSONL file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(str(path), line, "encoding", f"byte {data[err.start]:#04x} at column {column} is not "
+                        f"UTF-8; {UTF8_FIX}") from None
+
+
 def _json_rows(path: Path) -> Iterator[tuple[int, object]]:
     """(line number, parsed object or DataError) for each non-blank line; a .json array: (record number, obj)."""
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -103,7 +128,7 @@ def _rows(path: str | Path) -> tuple[str, Iterator[tuple[int, object]]]:
     p = Path(name).expanduser()
     if p.is_file():
         if p.suffix == ".txt":
-            return name, iter([(1, {"text": p.read_text(encoding="utf-8")})])
+            return name, iter([(1, {"text": read_utf8(p)})])
         return name, _json_rows(p)
     if p.exists():
         raise DataError(name, None, "path", "is a directory; pass a JSONL file")
@@ -139,7 +164,37 @@ def instruction_record(row: dict, where: tuple[str, int], require_response: bool
     response = _string(row, response_key, where, required=require_response)
     if require_response and not response.strip():
         raise DataError(*where, response_key, "empty response; remove the record or pass skip_bad")
-    return {**row, "instruction": instruction, "input": input_text, "response": response}
+    record = {**row, "instruction": instruction, "input": input_text, "response": response}
+    if "references" in row:
+        record["references"] = _references(row["references"], where)
+    return record
+
+
+def _references(value: object, where: tuple[str, int]) -> list[str]:
+    """A string is one reference; a list must hold strings; null is none."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise DataError(*where, "references", f"expected a string or a list of strings, got {value!r:.60}")
+
+
+def _check_size(row: dict, where: tuple[str, int]) -> None:
+    def chars(value: object) -> int:
+        if isinstance(value, str):
+            return len(value)
+        if isinstance(value, dict):
+            return sum(chars(v) for v in value.values())
+        if isinstance(value, list):
+            return sum(chars(v) for v in value)
+        return 0
+
+    size = chars(row)
+    if size > MAX_RECORD_CHARS:
+        raise DataError(*where, "record", f"{size:,} characters, over the limit of {MAX_RECORD_CHARS:,} per record "
+                        "(csdistill.data.formats.MAX_RECORD_CHARS); shorten or split it, or pass skip_bad")
 
 
 def _messages(row: dict, where: tuple[str, int]) -> list[dict]:
@@ -149,6 +204,9 @@ def _messages(row: dict, where: tuple[str, int]) -> list[dict]:
     for index, turn in enumerate(messages):
         if not (isinstance(turn, dict) and isinstance(turn.get("role"), str) and isinstance(turn.get("content"), str)):
             raise DataError(*where, f"messages[{index}]", f"expected {{'role': str, 'content': str}}, got {turn!r:.60}")
+        if turn["role"] not in CHAT_ROLES:
+            raise DataError(*where, f"messages[{index}].role", f"unknown role {turn['role']!r}; valid roles: "
+                            f"{', '.join(CHAT_ROLES)}")
     return messages
 
 
@@ -201,10 +259,11 @@ def _parse(row: object, fmt: str, where: tuple[str, int], require_response: bool
         raise row
     if not isinstance(row, dict):
         raise DataError(*where, "record", f"expected a JSON object, got {type(row).__name__} {row!r:.60}")
-    if fmt == "chat":
-        return chat_record(row, where, require_response, tokenizer)
     if fmt == "text":
         return text_record(row, where)
+    _check_size(row, where)
+    if fmt == "chat":
+        return chat_record(row, where, require_response, tokenizer)
     return instruction_record(row, where, require_response)
 
 

@@ -16,7 +16,8 @@ from csdistill.evaluate.semantic import semantic_similarity_per_pass
 
 def record_references(record: dict) -> list[str]:
     """record['references'] when non-empty, else [record['response']] when non-empty, else []."""
-    refs = [str(r) for r in record.get("references") or [] if str(r).strip()]
+    given = record.get("references") or []
+    refs = [str(r) for r in ([given] if isinstance(given, str) else given) if str(r).strip()]  # a string is one
     if refs:
         return refs
     response = str(record.get("response") or "")
