@@ -45,7 +45,7 @@ def _raised_by_own_raise_statement(err: BaseException) -> bool:
     while tb.tb_next is not None:
         tb = tb.tb_next
     filename = tb.tb_frame.f_code.co_filename
-    if not str(Path(filename).resolve()).startswith(_PACKAGE_DIR):
+    if not str(Path(filename).resolve()).startswith(_PACKAGE_DIR + os.sep):
         return False
     return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise ")
 

@@ -120,7 +120,11 @@ def _checked_resume(cfg: Config) -> Path | None:
         return None
     import yaml
 
-    saved = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else None
+    try:
+        saved = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else None
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise CheckpointError(f"checkpoint file {path / 'config.yaml'} cannot be read ({type(err).__name__}); "
+                              "resume from another checkpoint (train.resume=<dir>)") from None
     changes = config_changes(saved, to_dict(cfg)) if isinstance(saved, dict) else []
     if changes and cfg.train.resume == "auto":
         raise CheckpointError(
