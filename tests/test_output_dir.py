@@ -129,6 +129,28 @@ def test_a_second_run_on_a_locked_folder_refuses_and_a_stale_lock_is_taken_over(
     assert "stale lock" in capsys.readouterr().err and not (out / LOCK).exists()
 
 
+def test_two_real_runs_on_one_folder(toy, tmp_path):
+    """A run paused mid-training holds the folder: a second run refuses; once the first is killed, its
+    lock is stale and resume=auto takes over."""
+    from csdistill.train.loop import PAUSE_ENV
+    from test_train_resume import _wait_for
+
+    out = tmp_path / "run"
+    args = sft(toy, out, "train.max_steps=3", "train.save_every=1")
+    first = subprocess.Popen([sys.executable, "-m", "csdistill.cli", "train", *args], env={**os.environ, PAUSE_ENV: "2"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(out / "paused-at-2", first)
+        second = subprocess.run([sys.executable, "-m", "csdistill.cli", "train", *args, "train.resume=auto"],
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and f"in use by another run (pid {first.pid}" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    result = train(load_config(None, [*args, "train.resume=auto"]))
+    assert result.step == 3 and [r["step"] for r in result.history] == [1, 2, 3]
+
+
 def test_lock_is_exclusive_and_released(tmp_path):
     lock = RunLock.acquire(tmp_path)
     assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()

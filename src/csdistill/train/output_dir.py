@@ -27,7 +27,8 @@ LOCK = "csdistill.lock"
 REPLACED = "replaced-"
 # What a run writes into its folder (moved aside together by train.overwrite); eval/ is the default
 # `csdistill evaluate` output of the run's model, so it goes with the run.
-RUN_FILES = ("final", ".final.tmp", "metrics.jsonl", "metrics.csv", "config.yaml", "tensorboard", "eval")
+RUN_FILES = ("final", ".final.tmp", "metrics.jsonl", "metrics.csv", "metrics.jsonl.tmp", "metrics.csv.tmp",
+             "config.yaml", "tensorboard", "eval")
 # Settings that never change what a run computes: a resumed run may change them freely.
 FREE_KEYS = {"train.resume", "train.overwrite", "train.output_dir", "train.progress", "train.tensorboard",
              "train.num_threads", "train.save_every", "train.keep_checkpoints", "train.log_every"}
