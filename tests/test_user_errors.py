@@ -97,6 +97,7 @@ def test_string_overrides_stay_strings():
     cfg = load_config(None, ["train.mode=sft", "data.template=Q: {question}", "train.resume=[x", "model.tokenizer=yes"])
     assert cfg.data.template == "Q: {question}" and cfg.train.resume == "[x" and cfg.model.tokenizer == "yes"
     assert load_config(None, ["train.mode=sft", "train.lr=3e-4"]).train.lr == 3e-4  # numbers still parse
+    assert load_config(None, ["train.mode=sft", "eval.seeds=10,20"]).eval.seeds == [10, 20]  # comma lists too
 
 
 def test_diverging_run_is_one_line_with_a_hint_and_keeps_the_last_checkpoint(toy, tmp_path, capsys):

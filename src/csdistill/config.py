@@ -217,13 +217,23 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is list or origin is list:
         if isinstance(value, str):
             try:
-                value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+                value = yaml.safe_load(value) if value.strip().startswith("[") else [_scalar(v) for v in value.split(",") if v]
             except yaml.YAMLError:
                 raise ConfigError(f"{key}={value!r}: not a valid list; write e.g. {key}=[a,b]") from None
         if not isinstance(value, list):
             raise ConfigError(f"{key}={value!r}: expected a list, e.g. {key}=[a,b]")
         return list(value)
     return value
+
+
+def _scalar(text: str) -> Any:
+    """An item of a comma-separated list override: int, float or the text (eval.seeds=10,20 -> [10, 20])."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _merge(obj: Any, data: dict, prefix: str = "") -> None:
