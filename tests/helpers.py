@@ -61,3 +61,18 @@ def write_toy_run(root: str | Path, n_train: int, n_validation: int = 0, n_lm: i
         tiny_model(seed=seed).save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     return root
+
+
+def sft_args(toy: Path, out: str | Path, *extra: str) -> list[str]:
+    """Overrides of a quick SFT run on write_toy_run's data and student into `out` (batch 4, log every step)."""
+    return [f"model.name_or_path={toy / 'student'}", "train.mode=sft", f"data.train_file={toy / 'train.jsonl'}",
+            "data.max_prompt_length=32", "data.max_length=64", "train.batch_size=4", "train.log_every=1",
+            "train.progress=false", "train.num_threads=1", f"train.output_dir={out}", *extra]
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A copy of a run folder (symlinks kept as links), to damage or rerun into."""
+    import shutil
+
+    shutil.copytree(src, dst, symlinks=True)
+    return dst

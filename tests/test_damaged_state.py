@@ -13,8 +13,7 @@ from csdistill.cli import main
 from csdistill.config import load_config
 from csdistill.errors import CheckpointError, StorageError, check_writable
 from csdistill.train import train
-from test_output_dir import copy_run, sft
-from helpers import write_toy_run
+from helpers import copy_run, sft_args as sft, write_toy_run
 
 STEPS = ["train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=0"]
 

@@ -15,18 +15,12 @@ from csdistill.config import ConfigError, load_config
 from csdistill.errors import CheckpointError, OutputDirError
 from csdistill.train import train
 from csdistill.train.output_dir import LOCK, RunLock
-from helpers import write_toy_run
+from helpers import copy_run, sft_args as sft, write_toy_run
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return write_toy_run(tmp_path_factory.mktemp("toy"), n_train=16)
-
-
-def sft(toy, out, *extra):
-    return [f"model.name_or_path={toy / 'student'}", "train.mode=sft", f"data.train_file={toy / 'train.jsonl'}",
-            "data.max_prompt_length=32", "data.max_length=64", "train.batch_size=4", "train.log_every=1",
-            "train.progress=false", "train.num_threads=1", f"train.output_dir={out}", *extra]
 
 
 def snapshot(root):
@@ -47,13 +41,6 @@ def ten_step_run(toy, tmp_path_factory):
     out = tmp_path_factory.mktemp("ten") / "run"
     train(load_config(None, sft(toy, out, "train.max_steps=10", "train.save_every=2")))
     return out
-
-
-def copy_run(src, dst):
-    import shutil
-
-    shutil.copytree(src, dst, symlinks=True)
-    return dst
 
 
 def test_rerun_into_an_earlier_run_refuses_and_changes_nothing(toy, ten_step_run, tmp_path, capsys):

@@ -8,8 +8,7 @@ from csdistill.cli import main
 from csdistill.config import ConfigError, load_config
 from csdistill.errors import DEBUG_ENV, UserError, is_user_error
 from csdistill.train import train
-from helpers import write_toy_run
-from test_output_dir import sft
+from helpers import sft_args as sft, write_toy_run
 
 
 @pytest.fixture(scope="module")
