@@ -156,11 +156,10 @@ def load_tokenizer(name_or_path: str, fallback: str = ""):
         return build_char_tokenizer()
     from transformers import AutoTokenizer
 
+    arguments = _gguf_arguments(name) if is_gguf(name) else {  # a missing .gguf or gguf package: its own error
+        "pretrained_model_name_or_path": str(Path(name).expanduser()) if _is_local_path(name) else name}
     try:
-        if is_gguf(name):
-            tokenizer = AutoTokenizer.from_pretrained(**_gguf_arguments(name))
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(str(Path(name).expanduser()) if _is_local_path(name) else name)
+        tokenizer = AutoTokenizer.from_pretrained(**arguments)
     except (OSError, ValueError) as err:
         raise _load_error("tokenizer", name, err) from None
     if tokenizer.pad_token is None:

@@ -12,7 +12,7 @@ their ``answer``).
 
 Resumable and cached: each finished batch is appended to ``<split>.jsonl.partial`` (flushed), every line
 carrying a key (teacher weights, generation settings, prompt); a rerun continues after the last line whose
-key matches and renames the file to ``<split>.jsonl`` when complete. A complete file with matching keys is
+key matches (at a batch boundary, so batches and sampling draws are those of an uninterrupted run) and renames the file to ``<split>.jsonl`` when complete. A complete file with matching keys is
 reused; one made with other settings is never overwritten.
 """
 
@@ -96,6 +96,7 @@ def respond_split(model, tokenizer, records: list[dict], out: Path, teacher: str
                          "--out (finished files are never overwritten)")
     partial = out.with_name(out.name + ".partial")
     done = _read_done(partial, keys)
+    done = done[: len(done) // gen.batch_size * gen.batch_size]  # whole batches: a resumed run batches alike
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "w", encoding="utf-8") as handle:  # rewrite the verified prefix, then append
         _append(handle, done)

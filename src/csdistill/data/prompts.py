@@ -127,7 +127,7 @@ CATEGORIES: dict[str, tuple[str, Callable[[random.Random], dict], float]] = {
 DEFAULT_SIZES = {"train": 1000, "validation": 100, "test": 100}  # `csdistill data prompts` without size flags
 SPLITS = ("test", "validation", "train")  # drawn in this order, each excluding the earlier ones
 TASK_OF_KIND = {"exact": "gsm8k", "open": "open"}
-MAX_TRIES = 200  # draws per wanted record before a category is declared exhausted
+MAX_MISSES = 2000  # duplicate draws in a row after which a category counts as exhausted
 
 
 def _shares(total: int, weights: list[float]) -> list[int]:
@@ -141,15 +141,16 @@ def _shares(total: int, weights: list[float]) -> list[int]:
 
 def _draw_category(name: str, n: int, rng: random.Random, seen: set[str], split: str) -> list[dict]:
     kind, draw, _ = CATEGORIES[name]
-    records, tries = [], 0
+    records, misses = [], 0
     while len(records) < n:
-        tries += 1
-        if tries > MAX_TRIES * max(n, 1):
+        if misses > MAX_MISSES:
             raise ValueError(f"data prompts: category {name!r} ran out of distinct prompts for the {split} split "
                              f"({len(records)} of {n}); ask for fewer records (--n-train/--n-validation/--n-test)")
         record = draw(rng)
         if record["instruction"] in seen:
+            misses += 1
             continue
+        misses = 0
         seen.add(record["instruction"])
         records.append({**record, "input": "", "category": name, "task": TASK_OF_KIND[kind]})
     return records
