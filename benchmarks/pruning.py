@@ -65,18 +65,14 @@ def mean_nll(model, batches: list[dict]) -> float:
 
 
 def params_of(model, plan_sizes: dict) -> int:
-    """Parameters of a student of the given sizes (built on the meta device: no memory, no time)."""
-    from transformers import AutoModelForCausalLM
-
+    """Parameters of a student of the given sizes (counted from sliced shapes, nothing built)."""
     shape = prune.model_shape(model)
     layers = plan_sizes.get("layers", shape.layers)
     fake = prune.Plan(list(range(layers)), {i: list(range(plan_sizes.get("mlp", shape.mlp))) for i in range(layers)},
                       {i: list(range(shape.heads)) for i in range(layers)},
                       {i: list(range(shape.kv_heads)) for i in range(layers)},
                       list(range(plan_sizes.get("hidden", shape.hidden))))
-    with torch.device("meta"):
-        student = AutoModelForCausalLM.from_config(prune._student_config(model, fake))
-    return prune.parameter_count(student)
+    return prune.student_parameter_count(model, fake)
 
 
 def matching_width(model, target: int, key: str, step: int) -> int:

@@ -94,8 +94,8 @@ def test_respond_writes_chat_records_and_reuses_them(teacher_and_prompts, tmp_pa
     raw = [json.loads(line) for line in (tmp_path / "out" / "test.jsonl").read_text().splitlines()]
     source = [json.loads(line) for line in open(f"{prompts}/test.jsonl")]
     for row, prompt in zip(raw, source):
-        assert row["messages"][0] == {"role": "user", "content": prompt["instruction"]}
-        assert row["references"] == [row["messages"][1]["content"]] and row["id"] == prompt["id"]
+        assert row["instruction"] == prompt["instruction"] and row["prompt"].endswith("### Response:\n")
+        assert row["references"] == [row["response"]] and row["id"] == prompt["id"]
         assert row["task"] == prompt["task"] and row.get("answer") == prompt.get("answer")
     assert respond(teacher, prompts, str(tmp_path / "out"), max_new_tokens=6, batch_size=3)["test"] == (0, 3)
     with pytest.raises(ValueError, match="never overwritten"):
@@ -116,8 +116,11 @@ def test_an_interrupted_respond_resumes_to_the_same_file(teacher_and_prompts, tm
     assert not partial.exists()
 
 
-def test_respond_records_train_as_chat_data(teacher_and_prompts, tmp_path):
+def test_respond_records_give_the_teacher_prompt_under_the_prompt_template(teacher_and_prompts, tmp_path):
+    from csdistill.data import build_prompt
+
     teacher, prompts = teacher_and_prompts
     respond(teacher, prompts, str(tmp_path / "out"), splits=["validation"], max_new_tokens=4, batch_size=4)
-    records = load_records(tmp_path / "out" / "validation.jsonl", skip_bad=True).records
-    assert records and all(r["prompt"].endswith("<|assistant|>\n") for r in records)
+    records = load_records(tmp_path / "out" / "validation.jsonl", require_response=False).records
+    tokenizer = tiny_tokenizer()
+    assert all(build_prompt(r, "{prompt}") == chat_prompt(r, tokenizer) for r in records)

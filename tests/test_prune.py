@@ -183,6 +183,7 @@ def test_width_pruning_equals_zeroing_the_pruned_units(teacher_and_stats):
         assert (got.heads, got.kv_heads, got.head_dim) == (2, 1, shape.head_dim)
         assert all(len(set(h // 2 for h in plan.heads[i])) == 1 for i in plan.layers)  # one GQA group kept
         assert all(plan.neurons[i] == prune.top_k_sorted(stats.neuron[i], 37) for i in plan.layers)
+    assert prune.student_parameter_count(teacher, plan) == prune.parameter_count(student)
     reference = copy.deepcopy(teacher)
     _zero_output_columns(reference, family, plan.neurons, plan.heads, shape.head_dim)
     data = batch(seed=5)
@@ -197,6 +198,7 @@ def test_hidden_pruning_slices_every_hidden_dimension(preset):
     student = prune.prune_model(teacher, plan)
     assert plan.hidden == prune.top_k_sorted(stats.channel, 40)
     assert student.config.hidden_size == 40 and student.config.num_hidden_layers == 1
+    assert prune.student_parameter_count(teacher, plan) == prune.parameter_count(student)
     torch.testing.assert_close(student.get_input_embeddings().weight,
                                teacher.get_input_embeddings().weight[:, plan.hidden])
     assert logits(student, batch()).shape == (3, 13, VOCAB)

@@ -52,7 +52,7 @@ class LoraConfig:
 class ModelConfig:
     """The student."""
 
-    name_or_path: str = _f("preset:tiny-llama", "hub id, local path, or preset:<name> (a tiny model built from a config)")
+    name_or_path: str = _f("preset:tiny-llama", "hub id, local path, .gguf file, or preset:<name> (a tiny model built from a config)")
     tokenizer: str = _f("", "tokenizer hub id or path; empty = the model's own (presets: the teacher's)")
     precision: str = _f("fp32", "fp32, or bf16 (autocast on CPU, bf16 weights on CUDA)", PRECISIONS)
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA adapter for the student"})
@@ -61,7 +61,7 @@ class ModelConfig:
 
 @dataclass
 class TeacherConfig:
-    name_or_path: str = _f("", "hub id, local path or preset:<name>; empty = no teacher (sft mode)")
+    name_or_path: str = _f("", "hub id, local path, .gguf file or preset:<name>; empty = no teacher (sft mode)")
     adapter: str = _f("", "path to a PEFT LoRA adapter merged into the teacher before use")
     precision: str = _f("fp32", "fp32 or bf16", PRECISIONS)
     trust_remote_code: bool = _f(False, "pass trust_remote_code to transformers")

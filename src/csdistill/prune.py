@@ -375,6 +375,25 @@ def prune_model(model, plan: Plan):
     return student.eval()
 
 
+def _layer_of(name: str, prefix: str) -> int | None:
+    return int(name[len(prefix):].partition(".")[0]) if name.startswith(prefix) else None
+
+
+def student_parameter_count(model, plan: Plan) -> int:
+    """parameter_count(prune_model(model, plan)) without building it: the sliced shapes of meta tensors."""
+    family, shape = model_family(model), model_shape(model)
+    prefix = "transformer.h." if family == "gpt2" else "model.layers."
+    total = 0
+    for name, param in model.named_parameters():  # tied parameters once
+        layer = _layer_of(name, prefix)
+        if layer is not None and layer not in plan.layers:
+            continue
+        meta = torch.empty(param.shape, device="meta")
+        sliced = _slice_gpt2(name, meta, plan, layer) if family == "gpt2" else _slice_llama(name, meta, plan, layer, shape)
+        total += sliced.numel()
+    return total
+
+
 def parameter_count(model) -> int:
     """Distinct parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -4,11 +4,13 @@
 
 For each split file of --prompts (a folder of train/validation/test JSONL, or one JSONL file) the teacher
 answers every prompt (its chat template when it has one; greedy unless --sample), in batches. Output,
-one file per split: chat records {"messages": [user, assistant], "references": [answer], "teacher", "key",
-...the prompt record's fields (category, task, answer, id)}; the prompt record's own response (the worked
-solution of an arithmetic problem) is kept as ``gold_response``. Usable directly as data.train_file /
-eval sets (the teacher's answers are the ROUGE-L references of open-ended prompts; exact tasks keep
-their ``answer``).
+one file per split: instruction records {"instruction", "input", "prompt" (the rendered chat prompt the
+teacher answered), "response" and "references": [the answer], "teacher", "key", ...the prompt record's
+fields (category, task, answer, id)}; the prompt record's own response (the worked solution of an
+arithmetic problem) is kept as ``gold_response``. Train and evaluate on them with
+``data.template='{prompt}'`` so that the student sees the teacher's chat prompt verbatim (chat
+``messages`` records would be re-rendered without the tokenizer's template by the loaders). The
+teacher's answers are the ROUGE-L references of open-ended prompts; exact tasks keep their ``answer``.
 
 Resumable and cached: each finished batch is appended to ``<split>.jsonl.partial`` (flushed), every line
 carrying a key (teacher weights, generation settings, prompt); a rerun continues after the last line whose
@@ -65,12 +67,11 @@ def _read_done(path: Path, keys: list[str]) -> list[dict]:
     return done
 
 
-def _response_record(record: dict, answer: str, teacher: str, key: str) -> dict:
-    extra = {k: v for k, v in record.items() if k not in ("instruction", "input", "response", "messages", "prompt")}
-    user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+def _response_record(record: dict, prompt: str, answer: str, teacher: str, key: str) -> dict:
+    extra = {k: v for k, v in record.items() if k not in ("response", "messages", "prompt")}
     gold = {"gold_response": record["response"]} if record.get("response") else {}
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
-            **extra, **gold, "references": [answer], "teacher": teacher, "key": key}
+    return {**extra, "prompt": prompt, "response": answer, **gold, "references": [answer], "teacher": teacher,
+            "key": key}
 
 
 def _append(handle, rows: list[dict]) -> None:
@@ -105,7 +106,7 @@ def respond_split(model, tokenizer, records: list[dict], out: Path, teacher: str
             # the batch index seeds sampling, so a resumed run draws what an uninterrupted one would
             texts = generate_texts(model, tokenizer, prompts[start:stop], gen, seed + start // gen.batch_size,
                                    max_prompt_length)
-            _append(handle, [_response_record(records[i], text.strip(), teacher, keys[i])
+            _append(handle, [_response_record(records[i], prompts[i], text.strip(), teacher, keys[i])
                              for i, text in zip(range(start, stop), texts)])
             print(f"csdistill: {out.stem}: {stop}/{len(records)} answered", file=sys.stderr, flush=True)
     partial.replace(out)
