@@ -123,4 +123,19 @@ def test_respond_records_give_the_teacher_prompt_under_the_prompt_template(teach
     respond(teacher, prompts, str(tmp_path / "out"), splits=["validation"], max_new_tokens=4, batch_size=4)
     records = load_records(tmp_path / "out" / "validation.jsonl", require_response=False).records
     tokenizer = tiny_tokenizer()
-    assert all(build_prompt(r, "{prompt}") == chat_prompt(r, tokenizer) for r in records)
+    assert all(build_prompt(r, "prompt") == chat_prompt(r, tokenizer) for r in records)
+
+
+def test_prompts_respond_student_init_and_train_chain(teacher_and_prompts, tmp_path):
+    """The real-model recipe on a tiny teacher: prompts -> teacher answers -> pruned student -> kd steps."""
+    teacher, prompts = teacher_and_prompts
+    respond(teacher, prompts, str(tmp_path / "answers"), splits=["train", "validation"], max_new_tokens=8,
+            batch_size=4)
+    assert main(["student", "init", "--teacher", teacher, "--out", str(tmp_path / "student"), "--layers", "1",
+                 "--calibration", str(tmp_path / "answers" / "train.jsonl")]) == 0
+    assert main(["train", f"model.name_or_path={tmp_path / 'student'}", f"teacher.name_or_path={teacher}",
+                 "data.template=prompt", f"data.train_file={tmp_path / 'answers' / 'train.jsonl'}",
+                 f"data.validation_file={tmp_path / 'answers' / 'validation.jsonl'}", "data.max_prompt_length=256",
+                 "data.max_length=280", "data.skip_bad_records=true", f"train.output_dir={tmp_path / 'run'}",
+                 "train.max_steps=2", "train.batch_size=2", "train.progress=false", "train.num_threads=1"]) == 0
+    assert any((tmp_path / "run").glob("checkpoint-*"))

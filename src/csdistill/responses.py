@@ -8,7 +8,7 @@ one file per split: instruction records {"instruction", "input", "prompt" (the r
 teacher answered), "response" and "references": [the answer], "teacher", "key", ...the prompt record's
 fields (category, task, answer, id)}; the prompt record's own response (the worked solution of an
 arithmetic problem) is kept as ``gold_response``. Train and evaluate on them with
-``data.template='{prompt}'`` so that the student sees the teacher's chat prompt verbatim (chat
+``data.template=prompt`` so that the student sees the teacher's chat prompt verbatim (chat
 ``messages`` records would be re-rendered without the tokenizer's template by the loaders). The
 teacher's answers are the ROUGE-L references of open-ended prompts; exact tasks keep their ``answer``.
 
