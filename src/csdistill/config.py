@@ -73,7 +73,7 @@ class DataConfig:
     validation_file: str = _f("", "held-out data; empty = split validation_fraction off train_file")
     validation_fraction: float = _f(0.05, "share of train_file held out when validation_file is empty")
     format: str = _f("auto", "record format", DATA_FORMATS)
-    template: str = _f("alpaca", "prompt template: alpaca, plain, prompt (the record's own prompt) or a format string of {fields}")
+    template: str = _f("alpaca", "prompt template: alpaca, plain, prompt (the record's own prompt) or a format string over record fields")
     max_prompt_length: int = _f(256, "prompt tokens kept (left-truncated)")
     max_length: int = _f(512, "prompt + response tokens kept")
     skip_bad_records: bool = _f(False, "skip malformed records (count reported) instead of failing")
