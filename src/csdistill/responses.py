@@ -14,8 +14,9 @@ teacher's answers are the ROUGE-L references of open-ended prompts; exact tasks 
 
 Resumable and cached: each finished batch is appended to ``<split>.jsonl.partial`` (flushed), every line
 carrying a key (teacher weights, generation settings, prompt); a rerun continues after the last line whose
-key matches (at a batch boundary, so batches and sampling draws are those of an uninterrupted run) and renames the file to ``<split>.jsonl`` when complete. A complete file with matching keys is
-reused; one made with other settings is never overwritten.
+key matches (at a batch boundary, so batches and sampling draws are those of an uninterrupted run) and
+renames the file to ``<split>.jsonl`` when complete. A complete file with matching keys is reused; one made
+with other settings is never overwritten.
 """
 
 from __future__ import annotations
