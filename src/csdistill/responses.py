@@ -140,7 +140,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`csdistill data respond` flags."""
     parser.add_argument("--teacher", required=True, help="teacher: an HF folder, a hub id or a .gguf file")
     parser.add_argument("--prompts", required=True, help="a folder from `csdistill data prompts`, or one JSONL file")
-    parser.add_argument("--out", required=True, help="folder for the answered splits (instruction JSONL; train with data.template=prompt)")
+    parser.add_argument("--out", required=True,
+                        help="folder for the answered splits (instruction JSONL; train with data.template=prompt)")
     parser.add_argument("--splits", default="", help="comma-separated splits to answer (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, in tokens")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
