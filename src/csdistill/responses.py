@@ -39,7 +39,8 @@ def prompt_files(prompts: str) -> dict[str, Path]:
     path = Path(prompts).expanduser()
     if path.is_file():
         return {path.stem: path}
-    files = {s: path / f"{s}.jsonl" for s in SPLIT_ORDER if (path / f"{s}.jsonl").is_file()}
+    files = {s: path / f"{s}.jsonl" for s in SPLIT_ORDER
+             if (path / f"{s}.jsonl").is_file() and (path / f"{s}.jsonl").stat().st_size > 0}  # empty: --n-x 0
     if not files:
         raise ValueError(f"--prompts {prompts!r}: no train/validation/test .jsonl there; pass a folder written by "
                          "`csdistill data prompts` or a JSONL file")
