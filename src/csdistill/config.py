@@ -55,7 +55,7 @@ class LoraConfig:
 class ModelConfig:
     """The student."""
 
-    name_or_path: str = _f("preset:tiny-llama", "hub id, local path, or preset:<name> (a tiny model built from a config)")
+    name_or_path: str = _f("preset:tiny-llama", "hub id, local path, .gguf file, or preset:<name> (a tiny model built from a config)")
     tokenizer: str = _f("", "tokenizer hub id or path; empty = the model's own (presets: the teacher's)")
     precision: str = _f("fp32", "fp32, or bf16 (autocast on CPU, bf16 weights on CUDA)", PRECISIONS)
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA adapter for the student"})
@@ -64,7 +64,7 @@ class ModelConfig:
 
 @dataclass
 class TeacherConfig:
-    name_or_path: str = _f("", "hub id, local path or preset:<name>; empty = no teacher (sft mode)")
+    name_or_path: str = _f("", "hub id, local path, .gguf file or preset:<name>; empty = no teacher (sft mode)")
     adapter: str = _f("", "path to a PEFT LoRA adapter merged into the teacher before use")
     precision: str = _f("fp32", "fp32 or bf16", PRECISIONS)
     trust_remote_code: bool = _f(False, "pass trust_remote_code to transformers")
@@ -76,7 +76,7 @@ class DataConfig:
     validation_file: str = _f("", "held-out data; empty = split validation_fraction off train_file")
     validation_fraction: float = _f(0.05, "share of train_file held out when validation_file is empty")
     format: str = _f("auto", "record format", DATA_FORMATS)
-    template: str = _f("alpaca", "prompt template name (alpaca, plain) or a format string with {instruction} and {input}")
+    template: str = _f("alpaca", "prompt template: alpaca, plain, prompt (the record's own prompt) or a format string over record fields")
     max_prompt_length: int = _f(256, "prompt tokens kept (left-truncated)")
     max_length: int = _f(512, "prompt + response tokens kept")
     skip_bad_records: bool = _f(False, "skip malformed records (count reported) instead of failing")

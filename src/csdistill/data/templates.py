@@ -1,8 +1,8 @@
 """Prompt templates: a record {instruction, input, ...} -> the prompt text the model continues.
 
 A template has two format strings, one for records with a non-empty ``input`` and one without.
-Named templates: ``alpaca`` (the paper's Alpaca-style prompt, as in MiniLLM/DistiLLM's Dolly data)
-and ``plain`` (short, for tiny tasks). Any other template string is a format string over the
+Named templates: ``alpaca`` (the paper's Alpaca-style prompt, as in MiniLLM/DistiLLM's Dolly data),
+``plain`` (short, for tiny tasks) and ``prompt`` (the record's ``prompt`` field verbatim). Any other template string is a format string over the
 record's fields, e.g. ``"Q: {instruction}\\nA: "``.
 
 Chat records (``messages``) arrive with their prompt already rendered in ``record["prompt"]``
@@ -30,7 +30,9 @@ ALPACA = PromptTemplate(
                    "### Instruction:\n{instruction}\n\n### Response:\n"),
 )
 PLAIN = PromptTemplate(with_input="{instruction}\n{input}\n", without_input="{instruction}\n")
-TEMPLATES = {"alpaca": ALPACA, "plain": PLAIN}
+# the record's own rendered prompt, verbatim (e.g. `csdistill data respond` output under the teacher's chat template)
+PROMPT_FIELD = PromptTemplate(with_input="{prompt}", without_input="{prompt}")
+TEMPLATES = {"alpaca": ALPACA, "plain": PLAIN, "prompt": PROMPT_FIELD}
 
 
 def get_template(template: str | PromptTemplate) -> PromptTemplate:
