@@ -172,3 +172,10 @@ def test_two_process_cache_and_ddp_training_from_it(toy, tmp_path):  # noqa: F81
     launch("train", *common, f"train.output_dir={tmp_path / 'ddp'}", "train.batch_size=2")
     train(load_config(None, [*common, f"train.output_dir={tmp_path / 'one'}", "train.batch_size=4"]))
     assert max_diff(final_weights(tmp_path / "ddp"), final_weights(tmp_path / "one")) < 1e-5
+
+
+def test_bf16_teacher_cache_trains(toy, tmp_path):  # noqa: F811
+    manifest = _cache(toy, tmp_path / "bf16", 8, "teacher.precision=bf16", dtype="fp16")
+    assert manifest["teacher"]["precision"] == "bf16"
+    result = _train_from(toy, tmp_path / "bf16", tmp_path, "train.max_steps=2")
+    assert result.loss is not None and result.loss == result.loss  # finite, not NaN

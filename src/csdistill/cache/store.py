@@ -11,7 +11,7 @@ A shard holds P valid positions of n sequences (numpy arrays, safetensors format
   target_logprob (P,), log_tail (P,)             log p(actual next token), log(1 − Σ_topk p)
   labels (P,) uint16 | int32                     the actual next token (checked against the batch)
   digests (n, 16) uint8, offsets (n + 1,) int64  sequence key digest and its rows [offsets[i], offsets[i+1])
-Bytes per position: k·(id bytes + value bytes) + 3·value bytes + id bytes (262 at k = 64, fp16).
+Bytes per position: k·(id bytes + value bytes) + 3·value bytes + id bytes (264 at k = 64, fp16).
 """
 from __future__ import annotations
 
