@@ -179,3 +179,14 @@ def test_bf16_teacher_cache_trains(toy, tmp_path):  # noqa: F811
     assert manifest["teacher"]["precision"] == "bf16"
     result = _train_from(toy, tmp_path / "bf16", tmp_path, "train.max_steps=2")
     assert result.loss is not None and result.loss == result.loss  # finite, not NaN
+
+
+def test_seqkd_with_teacher_responses_trains_from_the_cache(toy, tmp_path):  # noqa: F811
+    records = [json.loads(line) for line in (toy / "train.jsonl").read_text().splitlines()]
+    responses = tmp_path / "teacher_responses.jsonl"
+    responses.write_text("".join(json.dumps({**r, "response": r["response"].upper()}) + "\n" for r in records))
+    seqkd = ["train.mode=seqkd", f"data.teacher_responses_file={responses}"]
+    manifest = _cache(toy, tmp_path / "c", 4, *seqkd)
+    assert manifest["sequences"] > 47  # the teacher responses are cached too
+    result = _train_from(toy, tmp_path / "c", tmp_path, "train.max_steps=2", *seqkd)
+    assert result.loss == result.loss
