@@ -190,3 +190,19 @@ def test_seqkd_with_teacher_responses_trains_from_the_cache(toy, tmp_path):  # n
     assert manifest["sequences"] > 47  # the teacher responses are cached too
     result = _train_from(toy, tmp_path / "c", tmp_path, "train.max_steps=2", *seqkd)
     assert result.loss == result.loss
+
+
+@pytest.mark.parametrize("vocab, id_type", [(65536, np.uint16), (70000, np.int32)])
+def test_shard_round_trip_and_id_width(tmp_path, vocab, id_type):
+    from csdistill.cache.store import load_shard, write_shard
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, vocab, generator=generator)
+    labels = torch.randint(0, vocab, (9,), generator=generator)
+    rows = sparse_from_logits(logits, labels, 3)
+    spec = {"vocab_size": vocab, "dtype": "fp32", "top_k": 3}
+    entry = write_shard(tmp_path / "s.safetensors", rows, [bytes(16), bytes([1] * 16)], [4, 5], spec)
+    assert load_file(str(tmp_path / "s.safetensors"))["ids"].dtype == id_type
+    back, digests, offsets = load_shard(tmp_path, entry, spec)
+    assert torch.equal(back.ids, rows.ids) and torch.equal(back.labels, rows.labels)
+    assert torch.equal(back.logprobs, rows.logprobs) and offsets.tolist() == [0, 4, 9]
