@@ -172,7 +172,12 @@ def _quality(student_dir, teacher, examples, tokenizer) -> tuple[float, float]:
     return csd / count, ce / count
 
 
-def train_compare(teacher_path: str, teacher, student, tokenizer, steps: int, seeds: list[int], work: Path) -> None:
+ARMS = {"live": ("live dense", []), "bucket": ("k=64 cache, bucket", ["loss.sparse_tail=bucket"]),
+        "support": ("k=64 cache, support", ["loss.sparse_tail=support"])}
+
+
+def train_compare(teacher_path: str, teacher, student, tokenizer, steps: int, seeds: list[int], work: Path,
+                  weighting: str, arms: list[str]) -> None:
     from csdistill.cache.runner import build_cache
     from csdistill.config import load_config
     from csdistill.tasks.suite import write_suite
@@ -186,7 +191,7 @@ def train_compare(teacher_path: str, teacher, student, tokenizer, steps: int, se
               f"data.train_file={paths['train']}", f"data.validation_file={paths['validation']}",
               "data.max_prompt_length=64", "data.max_length=128", "train.batch_size=8", f"train.max_steps={steps}",
               "train.lr=1e-4", "train.warmup_steps=2", "train.progress=false", "train.num_threads=1",
-              "eval.eval_every=0", "train.log_every=10"]
+              "eval.eval_every=0", "train.log_every=10", f"loss.weighting={weighting}"]
     start = time.perf_counter()
     manifest = build_cache(load_config(None, common), work / "cache", 64, progress=False)
     cache_seconds = time.perf_counter() - start
@@ -195,15 +200,16 @@ def train_compare(teacher_path: str, teacher, student, tokenizer, steps: int, se
     print(f"\ntrain: cache of {manifest['sequences']} sequences / {manifest['positions']} positions built in "
           f"{cache_seconds:.1f} s ({manifest['bytes_per_position']} B/position, "
           f"{sum((work / 'cache' / s['file']).stat().st_size for s in manifest['shards']) / 1e6:.2f} MB); "
-          f"{steps} steps, batch 8, lr 1e-4, CSD SS")
+          f"{steps} steps, batch 8, lr 1e-4, CSD {weighting}")
     before = _quality(work / "student", teacher, validation, tokenizer)
     print(f"student before training: held-out CSD {before[0]:.4f}, CE {before[1]:.4f}")
     print("| teacher | seed | held-out dense CSD (SS) | held-out CE | train seconds |\n|---|---|---|---|---|")
-    for arm, extra in (("live dense", []), ("k=64 cache, bucket", ["teacher.name_or_path=", f"train.teacher_cache={work / 'cache'}"]),
-                       ("k=64 cache, support", ["teacher.name_or_path=", f"train.teacher_cache={work / 'cache'}",
-                                                "loss.sparse_tail=support"])):
+    for name in arms:
+        arm, extra = ARMS[name]
+        if name != "live":
+            extra = [*extra, f"train.teacher_cache={work / 'cache'}"]
         for seed in seeds:
-            out = work / f"run-{arm.split()[0]}-{arm.split()[-1]}-{seed}"
+            out = work / f"run-{name}-{weighting}-{seed}"
             start = time.perf_counter()
             result = train(load_config(None, [*common, *extra, f"train.seed={seed}", f"train.output_dir={out}"]))
             seconds = time.perf_counter() - start
@@ -224,6 +230,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="train: optimizer steps per run")
     parser.add_argument("--seeds", default="0,1", help="train: seeds per arm")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--weighting", default="SS", help="train: CSD weighting")
+    parser.add_argument("--arms", default="live,bucket,support", help="train: live, bucket, support")
+    parser.add_argument("--work", default="", help="train: working folder to keep (default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -246,9 +255,10 @@ def main() -> None:
         speed(teacher, copy.deepcopy(student).train(), text_batch(tokenizer, args.speed_batch * 128), args.warmup,
               args.repeats)
     if "train" in parts:
-        with tempfile.TemporaryDirectory() as work:
-            train_compare(args.teacher, teacher, student, tokenizer, args.steps,
-                          [int(s) for s in args.seeds.split(",")], Path(work))
+        with tempfile.TemporaryDirectory() as scratch:
+            work = Path(args.work or scratch)  # --work keeps the cache (reused when it matches)
+            train_compare(args.teacher, teacher, student, tokenizer, args.steps, [int(s) for s in args.seeds.split(",")],
+                          work, args.weighting, args.arms.split(","))
 
 
 if __name__ == "__main__":

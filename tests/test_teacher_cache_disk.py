@@ -91,6 +91,9 @@ def test_resume_recomputes_only_missing_shards_and_refuses_another_cache(toy, tm
     (out / "shard-00001.safetensors").unlink()  # as if killed while writing shard 1
     assert _cache(toy, out, 4)["positions"] == first["positions"]
     assert (out / "shard-00000.safetensors").stat().st_mtime_ns == kept
+    moved = tmp_path / "moved.jsonl"  # the same content elsewhere is the same cache
+    moved.write_bytes((toy / "train.jsonl").read_bytes())
+    assert _cache(toy, out, 4, f"data.train_file={moved}")["positions"] == first["positions"]
     capsys.readouterr()
     assert main(["teacher", "cache", "--top-k", "5", "--out", str(out), "--no-progress", *kd_args(toy, tmp_path / "x")]) == 2
     assert "holds a teacher cache of something else" in capsys.readouterr().err

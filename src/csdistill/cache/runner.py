@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from csdistill.cache.spec import build_spec, teacher_fingerprint
+from csdistill.cache.spec import build_spec, spec_identity, teacher_fingerprint
 from csdistill.cache.store import (VALUE_DTYPES, read_manifest, shard_is_complete, shard_name, write_json,
                                    write_shard)
 from csdistill.config import Config, ConfigError, load_config
@@ -83,14 +83,14 @@ def _prepare_folder(out: Path, spec: dict, is_main: bool) -> bool:
     if spec_path.is_file():
         import json
 
-        existing = json.loads(spec_path.read_text())
-        if existing != spec:
-            differs = sorted(key for key in set(spec) | set(existing) if spec.get(key) != existing.get(key))
+        existing, wanted = spec_identity(json.loads(spec_path.read_text())), spec_identity(spec)
+        if existing != wanted:
+            differs = sorted(key for key in set(wanted) | set(existing) if wanted.get(key) != existing.get(key))
             raise ConfigError(f"--out {str(out)!r} holds a teacher cache of something else (differs in {differs}); "
                               "choose a new --out (an existing cache is never overwritten)")
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {str(out)!r} exists and is not a teacher cache; choose a new or empty folder")
-    if is_main:
+    if is_main and not spec_path.is_file():
         out.mkdir(parents=True, exist_ok=True)
         write_json(spec_path, spec)
     return (out / "manifest.json").is_file()

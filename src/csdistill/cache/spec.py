@@ -60,6 +60,13 @@ def build_spec(cfg: Config, tokenizer, teacher: dict, top_k: int, dtype: str, vo
             "bytes_per_position": bytes_per_position(top_k, vocab_size, dtype)}
 
 
+def spec_identity(spec: dict) -> dict:
+    """The spec without data-file paths: a moved or renamed file with the same content is the same cache."""
+    data = spec.get("data", {})
+    files = {key: {k: v for k, v in entry.items() if k != "path"} for key, entry in data.get("files", {}).items()}
+    return {**spec, "data": {**data, "files": files}}
+
+
 def check_against_run(manifest: dict, cfg: Config, tokenizer, vocab_size: int, directory: str) -> None:
     """ConfigError naming every difference between the cache and this run's tokenizer/data/lengths."""
     fix = (f"re-run `csdistill teacher cache --config <this run's config> --top-k {manifest.get('top_k')} "

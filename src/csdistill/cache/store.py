@@ -78,7 +78,9 @@ def write_shard(path: Path, rows: SparseTeacher, digests: list[bytes], counts: l
 
 
 def spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    from csdistill.cache.spec import spec_identity
+
+    return hashlib.sha256(json.dumps(spec_identity(spec), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def shard_is_complete(path: Path, spec: dict) -> bool:
