@@ -37,7 +37,7 @@ def test_cache_rows_follow_sequences_across_batches_and_padding():
         shifted[:, :-1] = batch["labels"][:, 1:]
         valid = shifted != -100
         expected = fake_logits(batch, valid)
-        got = cache.logits(batch, valid, lambda: (calls.append(1), fake_logits(batch, valid))[1])
+        got = cache.rows(batch, valid, lambda: (calls.append(1), fake_logits(batch, valid))[1])
         assert torch.equal(got, expected)
     assert len(calls) == 2  # [a, b] and [c, a] miss; every later batch is served from the cache
     assert len(cache) == 3 and cache.hits == 5

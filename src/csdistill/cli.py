@@ -10,6 +10,7 @@ Commands:
   quickstart  the whole embedded pipeline on the built-in suite, no network
   model       model folders: `model export` (GGUF / hub / folder -> plain HF folder), `model fetch`
   student     `student init`: a student pruned from a teacher (depth and width)
+  teacher     `teacher cache`: a top-k teacher cache for train.teacher_cache; vLLM requests/converter
   (data also has `data prompts` (generated instruction prompts) and `data respond` (teacher answers))
 """
 
@@ -129,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     _register_extra(i, "csdistill.evaluate.importers")
     _add_generated_data_commands(data_sub)
 
+    # ---- teacher utilities (issue 9): the top-k teacher cache and the vLLM converter ----
+    p = sub.add_parser("teacher", help="teacher utilities: a top-k teacher cache (`teacher cache`), vLLM conversion")
+    teacher_sub = p.add_subparsers(dest="teacher_command", required=True)
+    for name, module, add, run, text in (
+            ("cache", "runner", "add_cache_arguments", "cache_command", "run the teacher once; store its top-k"),
+            ("vllm-requests", "vllm", "add_request_arguments", "requests_command",
+             "write the prompt_logprobs requests for a vLLM server"),
+            ("from-vllm", "vllm", "add_convert_arguments", "convert_command",
+             "convert vLLM prompt_logprobs responses into a top-k cache")):
+        t = teacher_sub.add_parser(name, help=text)
+        _teacher_command(t, f"csdistill.cache.{module}", add, run)
+    # ---- end teacher utilities ----
+
     p = sub.add_parser("quickstart", help="the whole pipeline on the built-in suite (no network)")
     p.set_defaults(func=_cmd_quickstart)
     _register_extra(p, "csdistill.quickstart")
@@ -175,6 +189,14 @@ def _add_generated_data_commands(data_sub) -> None:
     r = data_sub.add_parser("respond", help="the teacher answers a prompt set once (batched, cached, resumable)")
     _register_extra(r, "csdistill.responses")
     r.set_defaults(func=_module_command("csdistill.responses", "respond_command"))
+
+
+def _teacher_command(parser: argparse.ArgumentParser, module: str, add: str, run: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    getattr(mod, add)(parser)
+    parser.set_defaults(func=getattr(mod, run))
 
 
 def _register_extra(parser: argparse.ArgumentParser, module: str) -> None:

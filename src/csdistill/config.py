@@ -100,6 +100,9 @@ class LossConfig:
     scale: float = _f(1.0, "multiplier on the distillation term (0.5 matches the CSD reference implementation's step size)")
     fused: bool = _f(False, "use the chunked fused head+loss path (never holds full token x vocab logits)")
     chunk_size: int = _f(0, "fused path: positions per chunk (0 = automatic)")
+    sparse_tail: str = _f("bucket", "top-k teacher cache (train.teacher_cache): support = loss on top-k + the actual "
+                                     "token, renormalised; bucket = plus one complement entry for the mass off it",
+                          ("support", "bucket"))
 
 
 @dataclass
@@ -144,6 +147,8 @@ class TrainConfig:
     num_threads: int = _f(0, "torch CPU threads (0 = torch's default)")
     cache_teacher_logits: bool = _f(False, "kd mode: keep the teacher's response-position logits in memory after "
                                            "their first forward (fixed data; small data/vocab only)")
+    teacher_cache: str = _f("", "top-k teacher cache folder from `csdistill teacher cache`: train with no teacher "
+                                "loaded (kd; seqkd/paired with response files)")
 
 
 @dataclass
@@ -400,10 +405,12 @@ def validate(cfg: Config) -> None:
     _require(g.max_new_tokens >= 1, "generation.max_new_tokens", g.max_new_tokens, "must be >= 1")
     _require(lo.scale > 0, "loss.scale", lo.scale, "must be > 0")
     _require(lo.chunk_size >= 0, "loss.chunk_size", lo.chunk_size, "must be >= 0 (0 = automatic)")
-    if t.mode != "sft":
+    if t.mode != "sft" and not t.teacher_cache:
         _require(bool(cfg.teacher.name_or_path), "teacher.name_or_path", cfg.teacher.name_or_path,
                  f"train.mode={t.mode!r} distils from a teacher: set teacher.name_or_path (or use train.mode=sft)")
         loss_params(lo)  # raises ConfigError on a bad loss name or parameter
+    if t.teacher_cache:
+        _validate_teacher_cache(cfg)
     if t.cache_teacher_logits:
         _require(t.mode == "kd", "train.cache_teacher_logits", True,
                  f"only train.mode=kd trains on fixed sequences; train.mode={t.mode!r} changes them every step, set it to false")
@@ -438,6 +445,24 @@ def _validate_ranges(cfg: Config) -> None:
         _require(getattr(e, key) >= 0, f"eval.{key}", getattr(e, key), "must be >= 0")
     _require(e.calibration_bins >= 1, "eval.calibration_bins", e.calibration_bins, "must be >= 1")
     _require(cfg.data.max_train_examples >= 0, "data.max_train_examples", cfg.data.max_train_examples, "must be >= 0")
+
+
+def _validate_teacher_cache(cfg: Config) -> None:
+    """train.teacher_cache: only where the trained sequences are fixed, with a loss that has a sparse form."""
+    t, d = cfg.train, cfg.data
+    fixed = {"kd": True, "seqkd": bool(d.teacher_responses_file),
+             "paired": bool(d.teacher_responses_file and d.student_responses_file)}
+    _require(fixed.get(t.mode, False), "train.teacher_cache", t.teacher_cache,
+             f"train.mode={t.mode!r} trains on sequences generated during training, which no cache holds; use kd, "
+             "or seqkd/paired with data.teacher_responses_file (and data.student_responses_file)")
+    _require(not t.cache_teacher_logits, "train.cache_teacher_logits", True,
+             "train.teacher_cache already supplies the teacher; set train.cache_teacher_logits=false")
+    from csdistill.losses.sparse import get_sparse_loss
+
+    try:
+        get_sparse_loss(cfg.loss.name, cfg.loss.sparse_tail, **loss_params(cfg.loss))
+    except ValueError as err:
+        raise ConfigError(f"train.teacher_cache: {err}") from None
 
 
 def loss_params(loss_cfg: LossConfig) -> dict[str, Any]:

@@ -68,6 +68,29 @@ def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher
                                          denominator, compute_dtype(student_hidden))
 
 
+# ---- sparse teacher (issue 9): student side chunked, teacher rows given (e.g. a top-k cache) ----
+def fused_linear_sparse_distill(student_hidden, student_weight, teacher_rows, labels, loss_fn,
+                                chunk_size=None, student_bias=None, num_valid_tokens=None) -> torch.Tensor:
+    """Σ_valid loss_fn(h_s W_sᵀ + b_s, teacher_rows[i]) / n — the fused engine with no teacher head.
+
+    teacher_rows: one row per *valid* position (row-major order of labels != IGNORE_INDEX), sliced
+    per chunk with ``teacher_rows[a:b]`` (e.g. ``losses.sparse.SparseTeacher``); loss_fn(student
+    chunk logits (n, V), teacher_rows[a:b]) -> (n,). Otherwise as :func:`fused_linear_distill`."""
+    vocab = student_weight.shape[0]
+    _check_bias(student_bias, vocab, "student_bias")
+    rows = default_chunk_size(vocab) if chunk_size is None else chunk_size
+    mask = valid_mask(labels)  # (...)
+    hidden = student_hidden[mask]  # (N, H_s)
+    if len(teacher_rows) != hidden.shape[0]:
+        raise ValueError(f"{len(teacher_rows)} teacher rows for {hidden.shape[0]} valid positions; the "
+                         "teacher rows must cover exactly the positions with a label.")
+    count = mask.sum() if num_valid_tokens is None else _as_count(num_valid_tokens)
+    with torch.autocast(student_hidden.device.type, enabled=False):
+        return _FusedLinearDistill.apply(hidden, student_weight, student_bias, teacher_rows, None, None,
+                                         loss_fn, rows, max(int(count), 1), compute_dtype(student_hidden))
+# ---- end sparse teacher ----
+
+
 def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     """The dtype ``F.linear`` would compute in for `tensor` here: the autocast dtype when autocast
     is on for its device (float64 is never cast, as in autocast), else the tensor's own dtype."""
@@ -116,7 +139,7 @@ def _chunk_loss_and_grad(loss_fn, student_head, teacher_head, need_grad: bool):
     logits live only in this frame, so the teacher's are freed before the backward pass.
     """
     student_logits = F.linear(*student_head).requires_grad_(need_grad)  # (n, V)
-    teacher_logits = F.linear(*teacher_head)  # (n, V)
+    teacher_logits = teacher_head[0] if teacher_head[1] is None else F.linear(*teacher_head)  # (n, V) or given rows
     with torch.enable_grad():
         per_position = loss_fn(student_logits, teacher_logits)  # (n,)
         if tuple(per_position.shape) != tuple(student_logits.shape[:-1]):

@@ -23,7 +23,7 @@ from csdistill.train.logging import MetricsLogger
 from csdistill.train.output_dir import RunLock, check_earlier_run, config_changes, warn
 from csdistill.train.objective import Objective, part_loss, validation_loss, window_counts
 from csdistill.train.schedules import build_scheduler, total_steps
-from csdistill.train.teacher_cache import TeacherLogitCache
+from csdistill.train.teacher_cache import build_teacher_cache
 from csdistill.train.steps import BatchSource
 
 MetricCallback = Callable[[int, torch.nn.Module, object], dict]  # (step, student, tokenizer) -> metrics
@@ -80,7 +80,7 @@ def load_models(cfg: Config):
 
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, fallback=cfg.teacher.name_or_path)
     student = load_student(cfg, tokenizer)
-    if cfg.train.mode == "sft":
+    if cfg.train.mode == "sft" or cfg.train.teacher_cache:  # a top-k cache replaces the teacher
         return tokenizer, student, None, student.get_output_embeddings().weight.shape[0]
     teacher_tokenizer = load_tokenizer(cfg.teacher.name_or_path, fallback=cfg.model.tokenizer)
     teacher = load_teacher(cfg, teacher_tokenizer)
@@ -179,8 +179,9 @@ def setup(cfg: Config, callbacks: list[MetricCallback], stack: contextlib.ExitSt
     if teacher is not None:
         teacher = _place_teacher(accelerator, teacher)
     autocast = autocast_for(cfg.model.precision, accelerator.device)
-    objective = Objective(cfg, None if teacher is None else _loss_fn(cfg), loss_params(cfg.loss) if teacher else {},
-                          vocab_size, autocast, TeacherLogitCache() if cfg.train.cache_teacher_logits else None)
+    distils = cfg.train.mode != "sft"
+    objective = Objective(cfg, _loss_fn(cfg) if distils else None, loss_params(cfg.loss) if distils else {},
+                          vocab_size, autocast, build_teacher_cache(cfg, tokenizer, vocab_size, data))
     source = BatchSource(cfg, data, tokenizer, accelerator.process_index, accelerator.num_processes, steps)
     return Run(cfg, accelerator, student, teacher, tokenizer, objective, source, data.validation,
                optimizer, scheduler, steps, list(callbacks), resume_from)
@@ -189,6 +190,10 @@ def setup(cfg: Config, callbacks: list[MetricCallback], stack: contextlib.ExitSt
 def _loss_fn(cfg: Config) -> Callable:
     from csdistill.losses import get_loss
 
+    if cfg.train.teacher_cache:  # the sparse form of the same loss (losses/sparse.py)
+        from csdistill.losses.sparse import get_sparse_loss
+
+        return get_sparse_loss(cfg.loss.name, cfg.loss.sparse_tail, **loss_params(cfg.loss))
     return get_loss(cfg.loss.name, **loss_params(cfg.loss))
 
 

@@ -20,9 +20,12 @@ from typing import Callable
 import torch
 
 from csdistill.config import Config
+from csdistill.config import ConfigError
 from csdistill.losses import cross_entropy, fused_linear_distill
+from csdistill.losses.chunked import fused_linear_sparse_distill
+from csdistill.losses.sparse import SparseTeacher
 from csdistill.losses.reduce import count_valid, shift_labels, token_mean, valid_mask
-from csdistill.train.teacher_cache import TeacherLogitCache
+from csdistill.train.teacher_cache import TeacherCache
 
 
 @dataclass
@@ -32,7 +35,7 @@ class Objective:
     loss_params: dict
     vocab_size: int  # shared id range of student and teacher: compare logits[..., :vocab_size]
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-    teacher_cache: TeacherLogitCache | None = None  # train.cache_teacher_logits (kd mode, unfused)
+    teacher_cache: TeacherCache | None = None  # train.cache_teacher_logits (dense) or train.teacher_cache (top-k)
 
 
 def window_counts(accelerator, window) -> dict[str, torch.Tensor]:
@@ -62,7 +65,16 @@ def _teacher_logits(objective: Objective, teacher, batch: dict, valid: torch.Ten
 
     if objective.teacher_cache is None:
         return compute()
-    return objective.teacher_cache.logits(batch, valid, compute)
+    return objective.teacher_cache.rows(batch, valid, None if teacher is None else compute)
+
+
+def _sparse_rows(objective: Objective, batch: dict, labels: torch.Tensor, valid: torch.Tensor) -> SparseTeacher:
+    """The top-k cache's rows at the valid positions, checked against the batch's next tokens."""
+    rows = objective.teacher_cache.rows(batch, valid)
+    if not torch.equal(rows.labels, labels[valid]):
+        raise ConfigError(f"train.teacher_cache={objective.cfg.train.teacher_cache!r}: the cached next tokens differ "
+                          "from this batch's labels; the cache was built from other data — re-run `csdistill teacher cache`")
+    return rows
 
 
 def ce_term(objective: Objective, model, batch: dict, num_valid: torch.Tensor) -> torch.Tensor:
@@ -83,8 +95,11 @@ def distill_term(objective: Objective, student, teacher, batch: dict, num_valid:
     V = objective.vocab_size
     with objective.autocast():
         student_logits = _forward_logits(student, batch)[valid]  # (N, V_student)
-        teacher_logits = _teacher_logits(objective, teacher, batch, valid)  # (N, V_teacher)
-    per_position = objective.loss_fn(student_logits[:, :V], teacher_logits[:, :V])  # (N,) float32
+        if _is_sparse(objective):
+            teacher_rows = _sparse_rows(objective, batch, labels, valid)  # (N, k) top-k form
+        else:
+            teacher_rows = _teacher_logits(objective, teacher, batch, valid)[:, :V]  # (N, V)
+    per_position = objective.loss_fn(student_logits[:, :V], teacher_rows)  # (N,) float32
     loss = kd_ratio * scale * token_mean(per_position, labels[valid], num_valid_tokens=num_valid)
     if kd_ratio < 1.0:
         ce = cross_entropy(student_logits, labels[valid])  # (N,)
@@ -100,6 +115,14 @@ def _fused_distill_term(objective: Objective, student, teacher, batch: dict, num
     V = objective.vocab_size
     with objective.autocast():
         hidden, weight, bias = hidden_states_and_head(student, batch["input_ids"], batch["attention_mask"])  # (B,T,H), (V,H)
+    if _is_sparse(objective):  # student side chunked, teacher side sparse
+        rows = _sparse_rows(objective, batch, labels, valid_mask(labels))
+        with objective.autocast():
+            distill = fused_linear_sparse_distill(hidden, weight[:V], rows, labels, objective.loss_fn,
+                                                  objective.cfg.loss.chunk_size or None,
+                                                  None if bias is None else bias[:V], num_valid)
+        return _with_ce(objective, kd_ratio * scale * distill, hidden, weight, bias, labels, num_valid, kd_ratio)
+    with objective.autocast():
         with torch.no_grad():
             t_hidden, t_weight, t_bias = hidden_states_and_head(teacher, batch["input_ids"], batch["attention_mask"])
         # The engine computes its chunk matmuls in the dtype autocast picks (losses/chunked.compute_dtype).
@@ -107,7 +130,11 @@ def _fused_distill_term(objective: Objective, student, teacher, batch: dict, num
             hidden, weight[:V], t_hidden, t_weight[:V], labels, loss=objective.cfg.loss.name,
             chunk_size=objective.cfg.loss.chunk_size or None, student_bias=None if bias is None else bias[:V],
             teacher_bias=None if t_bias is None else t_bias[:V], num_valid_tokens=num_valid, **objective.loss_params)
-    loss = kd_ratio * scale * distill
+    return _with_ce(objective, kd_ratio * scale * distill, hidden, weight, bias, labels, num_valid, kd_ratio)
+
+
+def _with_ce(objective: Objective, loss, hidden, weight, bias, labels, num_valid, kd_ratio: float):
+    """loss + (1 − kd_ratio) · CE of the fused path's student head."""
     if kd_ratio < 1.0:
         # The CE term needs student logits: computed at the valid positions only, (N, V).
         valid = valid_mask(labels)
@@ -116,6 +143,10 @@ def _fused_distill_term(objective: Objective, student, teacher, batch: dict, num
         ce = cross_entropy(logits, labels[valid])  # (N,)
         loss = loss + (1.0 - kd_ratio) * token_mean(ce, labels[valid], num_valid_tokens=num_valid)
     return loss
+
+
+def _is_sparse(objective: Objective) -> bool:
+    return objective.teacher_cache is not None and bool(objective.cfg.train.teacher_cache)
 
 
 def part_loss(objective: Objective, student, teacher, name: str, batch: dict, num_valid: torch.Tensor) -> torch.Tensor:

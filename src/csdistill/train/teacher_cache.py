@@ -1,54 +1,133 @@
-"""Teacher logits kept in memory across epochs (`train.cache_teacher_logits`, kd mode only).
+"""The teacher cache: teacher rows per training sequence, looked up by the sequence's content.
 
-Off-policy KD on a fixed dataset shows the teacher the same sequences every epoch; a small student
-then spends most of its step time waiting for the teacher's forward pass. The cache stores, per
-training sequence, the teacher's logits at that sequence's valid (predicting) positions, so every
-epoch after the first skips the teacher. Keys are the sequence's unpadded tokens and labels, so a
-sequence hits whatever batch or padding it arrives in. Values are stored in the dtype the teacher
-produced them in (bf16 under autocast), i.e. exactly what the uncached path would pass to the loss.
-
-Memory: Σ over sequences of (valid positions × V) values — e.g. 4000 sequences × 12 positions × 101
-ids × 2 bytes ≈ 10 MB on the built-in suite; at a real vocabulary it is large: keep it for small data.
+One mechanism, two ways to fill it:
+  train.cache_teacher_logits=true   in memory, from the live teacher: each sequence's dense logits
+                                    (n_valid, V) are kept after its first forward pass (kd mode,
+                                    small data/vocab: the whole (positions × V) block is held)
+  train.teacher_cache=DIR           from a top-k cache on disk (`csdistill teacher cache`): sparse
+                                    rows (losses.sparse.SparseTeacher); no teacher is loaded
+Either way a sequence's key is a digest of its unpadded input_ids and labels, so it hits whatever
+batch or padding it arrives in, and the rows come back in the row-major order of `logits[valid]`.
+Dense values stay in the dtype the teacher produced them in (bf16 under autocast) — exactly what
+the uncached path would pass to the loss.
 """
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Callable
 
 import torch
 
+from csdistill.config import ConfigError
+from csdistill.losses.sparse import SparseTeacher
+
+
+def sequence_digest(input_ids: torch.Tensor, labels: torch.Tensor) -> bytes:
+    """16-byte key of one unpadded sequence: input_ids (n,), labels (n,) (unshifted)."""
+    payload = input_ids.cpu().long().numpy().tobytes() + b"|" + labels.cpu().long().numpy().tobytes()
+    return hashlib.sha256(payload).digest()[:16]
+
 
 def sequence_keys(batch: dict[str, torch.Tensor]) -> list[bytes]:
-    """One key per row: its unpadded input_ids and labels. batch tensors (B, T), right-padded."""
+    """One key per row of a right-padded batch (tensors (B, T))."""
     lengths = batch["attention_mask"].sum(dim=1).tolist()  # (B,)
-    ids, labels = batch["input_ids"].cpu(), batch["labels"].cpu()
-    return [ids[i, :n].numpy().tobytes() + b"|" + labels[i, :n].numpy().tobytes() for i, n in enumerate(lengths)]
+    return [sequence_digest(batch["input_ids"][i, :n], batch["labels"][i, :n]) for i, n in enumerate(lengths)]
 
 
-class TeacherLogitCache:
-    """{sequence key: teacher logits (n_valid_i, V)}; `logits` returns the (N, V) rows of a batch."""
+def example_key(example: dict) -> bytes:
+    """The key of an encoded example {input_ids, labels} — the same as its row in any batch."""
+    return sequence_digest(torch.as_tensor(example["input_ids"]), torch.as_tensor(example["labels"]))
 
-    def __init__(self) -> None:
-        self._store: dict[bytes, torch.Tensor] = {}
+
+def _cat(parts: list):
+    return SparseTeacher.cat(parts) if isinstance(parts[0], SparseTeacher) else torch.cat(parts)
+
+
+class TeacherCache:
+    """{sequence key: (block, start, stop)} over row blocks (dense (P, V) tensors or SparseTeacher)."""
+
+    def __init__(self, source: str = "") -> None:
+        self._index: dict[bytes, tuple[int, int, int]] = {}
+        self._blocks: list = []
+        self.source = source  # the cache folder, or "" for the in-memory cache
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
-        return len(self._store)
+        return len(self._index)
 
-    def logits(self, batch: dict[str, torch.Tensor], valid: torch.Tensor,
-               compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Teacher logits at `valid` (B, T) positions, flattened row-major like `logits[valid]`: (N, V).
+    @property
+    def sparse(self) -> bool:
+        return bool(self._blocks) and isinstance(self._blocks[0], SparseTeacher)
 
-        `compute()` runs the teacher on the whole batch and returns those (N, V) rows; it is called
-        only when some row of the batch is not cached yet (then every row is stored).
-        """
+    def add(self, keys: list[bytes], rows, counts: list[int]) -> None:
+        """Store a block of rows: sequence keys[i] owns the next counts[i] rows."""
+        block, start = len(self._blocks), 0
+        self._blocks.append(rows)
+        for key, count in zip(keys, counts):
+            self._index[key] = (block, start, start + count)
+            start += count
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._index
+
+    def rows(self, batch: dict[str, torch.Tensor], valid: torch.Tensor, compute: Callable | None = None):
+        """Teacher rows at the `valid` (B, T) positions, row-major like `logits[valid]`: (N, ...).
+
+        `compute()` runs the live teacher on the whole batch and returns its (N, V) rows; it is
+        called only when some sequence is not cached yet (then every row is stored). Without a
+        `compute` (a cache on disk, no teacher) a missing sequence is an error."""
         keys = sequence_keys(batch)
-        if all(key in self._store for key in keys):
+        if all(key in self._index for key in keys):
             self.hits += len(keys)
-            return torch.cat([self._store[key] for key in keys]).to(valid.device)
+            found = _cat([self._blocks[b][start:stop] for b, start, stop in (self._index[k] for k in keys)])
+            return found.to(valid.device)
+        if compute is None:
+            missing = sum(key not in self._index for key in keys)
+            raise ConfigError(f"train.teacher_cache={self.source!r} has no rows for {missing} of {len(keys)} sequences "
+                              "of this batch; the cache was built from other data — re-run `csdistill teacher cache`")
         self.misses += len(keys)
         rows = compute()  # (N, V)
-        for key, part in zip(keys, rows.split(valid.sum(dim=1).tolist())):
-            self._store[key] = part.detach().clone()
+        self.add(keys, rows.detach().clone(), valid.sum(dim=1).tolist())
         return rows
+
+    def check_covers(self, examples: list[dict], what: str) -> None:
+        """ConfigError unless every example (and its teacher/student variants) is cached."""
+        keys = [example_key(v) for ex in examples for v in (ex, ex.get("teacher"), ex.get("student")) if v]
+        missing = sum(key not in self._index for key in keys)
+        if missing:
+            raise ConfigError(f"train.teacher_cache={self.source!r} lacks {missing} of {len(keys)} {what} sequences; "
+                              "it was built from other data or settings — re-run `csdistill teacher cache` on this config")
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> "TeacherCache":
+        """Load every shard of a finished top-k cache (checked: shapes, V, k, finite values)."""
+        from csdistill.cache.store import load_shard, read_manifest
+
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        cache = cls(str(directory))
+        cache.manifest = manifest
+        for entry in manifest["shards"]:
+            rows, digests, offsets = load_shard(directory, entry, manifest)
+            cache.add([bytes(row) for row in digests], rows, (offsets[1:] - offsets[:-1]).tolist())
+        return cache
+
+
+TeacherLogitCache = TeacherCache  # the in-memory use's former name
+
+
+def build_teacher_cache(cfg, tokenizer, vocab_size: int, data) -> TeacherCache | None:
+    """The run's cache: none, in memory (train.cache_teacher_logits) or loaded from
+    train.teacher_cache and checked against this run's tokenizer, data, lengths and sequences."""
+    if cfg.train.teacher_cache:
+        from csdistill.cache.spec import check_against_run
+
+        cache = TeacherCache.from_dir(cfg.train.teacher_cache)
+        check_against_run(cache.manifest, cfg, tokenizer, vocab_size, cfg.train.teacher_cache)
+        cache.check_covers(data.train, "training")
+        cache.check_covers(data.validation, "validation")
+        return cache
+    return TeacherCache() if cfg.train.cache_teacher_logits else None

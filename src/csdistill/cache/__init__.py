@@ -1,0 +1,1 @@
+"""The top-k teacher cache on disk: format (store), identity (spec), writers (runner, vllm)."""
