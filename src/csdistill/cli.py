@@ -8,6 +8,7 @@ Commands:
   report      results JSONs -> markdown table, plots, report.md
   data        data utilities: `data tasks` (built-in task suite), `data import` (published eval sets)
   quickstart  the whole embedded pipeline on the built-in suite, no network
+  compare     train every (loss, seed) from one student start, evaluate all, one table
 """
 
 from __future__ import annotations
@@ -83,6 +84,14 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return quickstart_command(args)
 
 
+# --- compare (issue 11) ---
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from csdistill.compare import compare_command
+
+    return compare_command(args)
+# --- end compare ---
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csdistill", description="Concrete Score Distillation for causal LMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="the whole pipeline on the built-in suite (no network)")
     p.set_defaults(func=_cmd_quickstart)
     _register_extra(p, "csdistill.quickstart")
+
+    p = sub.add_parser("compare", help="every (loss, seed) from one student start, evaluated, one table")
+    p.set_defaults(func=_cmd_compare)
+    _register_extra(p, "csdistill.compare")
     return parser
 
 
