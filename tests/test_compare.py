@@ -104,8 +104,21 @@ def test_parsers_and_base_overrides():
     specs = parse_losses("fkl,csd:SS,csd:TS")
     assert parse_lrs("1e-4", specs) == {"fkl": 1e-4, "csd_SS": 1e-4, "csd_TS": 1e-4}
     assert parse_lrs("csd=2e-4,csd:SS=1e-4", specs) == {"csd": 2e-4, "csd_SS": 1e-4}
-    cfg = load_config(None, ["teacher.name_or_path=t", "data.template={instruction} -> ", "eval.seeds=[1,2]",
+    cfg = load_config(None, ["teacher.name_or_path=t", 'data.template="{instruction} -> "', "eval.seeds=[1,2]",
                              "loss.lam=0.2", "train.lr=3e-5"])
     assert load_config(None, base_overrides(cfg)) == cfg  # the base config survives the round trip
     with pytest.raises(ConfigError, match="--losses is empty"):
         parse_losses(" , ")
+
+
+def test_lr_sweep_chooses_on_validation_and_trains_the_table_at_the_choice(tmp_path):
+    config = _base_config(tmp_path)
+    out = tmp_path / "out"
+    assert main(["compare", "--config", str(config), "--losses", "fkl", "--seeds", "0", "--out", str(out),
+                 "--lr-sweep", "1e-4,1e-2", "--decode", "greedy", "--baselines", "none", "--no-progress"]) == 0
+    sweep = json.loads((out / "sweep" / "sweep.json").read_text())
+    scores = sweep["scores"]["fkl"]
+    assert set(scores) == {"0.0001", "0.01"} and sweep["best"]["fkl"] == float(max(scores, key=scores.get))
+    assert load_config(out / "configs" / "fkl_seed0.yaml").train.lr == sweep["best"]["fkl"]
+    assert load_config(out / "sweep" / "lr0.01" / "configs" / "fkl_seed100.yaml").train.seed == 100
+    assert list(json.loads((out / "report" / "compare.json").read_text())["rows"]) == ["FKL"]
