@@ -122,3 +122,18 @@ def test_lr_sweep_chooses_on_validation_and_trains_the_table_at_the_choice(tmp_p
     assert load_config(out / "configs" / "fkl_seed0.yaml").train.lr == sweep["best"]["fkl"]
     assert load_config(out / "sweep" / "lr0.01" / "configs" / "fkl_seed100.yaml").train.seed == 100
     assert list(json.loads((out / "report" / "compare.json").read_text())["rows"]) == ["FKL"]
+
+
+def test_real_model_config_names_the_pipeline_commands():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "real_smollm2_compare.yaml"
+    header = path.read_text().split("\nmodel:")[0]
+    for command in ("csdistill model fetch", "csdistill student init --teacher", "--layers 24", "csdistill data prompts",
+                    "csdistill teacher cache --config configs/real_smollm2_compare.yaml --top-k 64",
+                    "train.teacher_cache=", "csdistill compare --config configs/real_smollm2_compare.yaml",
+                    "--losses sft,fkl,rkl,srkl,csd:SS,csd:TS,csd:US", "--decode greedy,sampled"):
+        assert command in header
+    cfg = load_config(path)
+    assert cfg.eval.sets and cfg.data.validation_file and cfg.train.max_steps > 0 and len(cfg.eval.seeds) == 5
+    assert parse_losses("sft,fkl,rkl,srkl,csd:SS,csd:TS,csd:US")  # the header's --losses parse
