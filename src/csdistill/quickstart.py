@@ -7,10 +7,13 @@ rerun only does what is new — in particular the teacher is trained once):
   teacher/     the teacher, SFT on train                                         `csdistill train` (sft)
   student_init/ the shared warm start: a short SFT of the small student on the disjoint warmup split
   students/<run>/ from that warm start: SFT alone (the no-distillation baseline) and one KD run per loss,
-               run in parallel, one process per CPU core (pinned, one thread each)  \
-  eval/<decode>/<run>/  exact match per task, distribution fidelity/diversity,      > `csdistill compare`
-               teacher fidelity                                                   /  over the suite
-  report/      report.md + plots                                                 /
+               run in parallel, one process per CPU core (pinned, one thread each)
+  eval/sampled/<run>/  exact match per task, distribution fidelity/diversity, teacher fidelity
+  report/      report.md + plots
+
+The last three are `csdistill compare` (compare.py) over the suite: this module holds only what is
+specific to the suite (its plans, the teacher and warm-start stages, the learning rates, per-task test sets
+and the perfect-sampler line).
 
 Every training stage is a `csdistill train` subprocess on a YAML config written under configs/, so each
 step can be rerun or changed by hand. Why the recipe looks like this (warm start, per-loss learning rates,
