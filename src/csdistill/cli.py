@@ -11,6 +11,7 @@ Commands:
   model       model folders: `model export` (GGUF / hub / folder -> plain HF folder), `model fetch`
   student     `student init`: a student pruned from a teacher (depth and width)
   teacher     `teacher cache`: a top-k teacher cache for train.teacher_cache; vLLM requests/converter
+  compare     train every (loss, seed) from one student start, evaluate all, one table
   (data also has `data prompts` (generated instruction prompts) and `data respond` (teacher answers))
 """
 
@@ -87,6 +88,14 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return quickstart_command(args)
 
 
+# --- compare (issue 11) ---
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from csdistill.compare import compare_command
+
+    return compare_command(args)
+# --- end compare ---
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csdistill", description="Concrete Score Distillation for causal LMs")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks of user errors (anywhere on the "
@@ -147,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_quickstart)
     _register_extra(p, "csdistill.quickstart")
     _add_model_and_student_commands(sub)
+
+    p = sub.add_parser("compare", help="every (loss, seed) from one student start, evaluated, one table")
+    p.set_defaults(func=_cmd_compare)
+    _register_extra(p, "csdistill.compare")
     return parser
 
 

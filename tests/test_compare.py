@@ -1,0 +1,139 @@
+"""`csdistill compare` end to end on tiny models: runs, table, report, reuse on rerun, flag errors."""
+
+import json
+
+import pytest
+import yaml
+
+from csdistill.cli import main
+from csdistill.compare import RunSpec, base_overrides, parse_losses, parse_lrs, parse_seeds
+from csdistill.config import ConfigError, load_config
+from helpers import toy_instruction_records, write_jsonl, write_toy_run
+
+
+def _base_config(root):
+    write_toy_run(root, n_train=16, n_validation=6)
+    write_jsonl(root / "test.jsonl", toy_instruction_records(5, seed=3))
+    cfg = {"model": {"name_or_path": str(root / "student")}, "teacher": {"name_or_path": str(root / "teacher")},
+           "data": {"train_file": str(root / "train.jsonl"), "validation_file": str(root / "validation.jsonl"),
+                    "max_prompt_length": 32, "max_length": 64, "template": "plain"},
+           "train": {"mode": "kd", "max_steps": 3, "batch_size": 4, "lr": 1e-3, "log_every": 1},
+           "generation": {"max_new_tokens": 6},
+           "eval": {"sets": [str(root / "test.jsonl")], "seeds": [1, 2]}}
+    (root / "base.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "base.yaml"
+
+
+def _compare(config, out, *extra):
+    return main(["compare", "--config", str(config), "--losses", "sft,csd:SS", "--seeds", "0,1", "--out", str(out),
+                 "--no-progress", "--jobs", "2", *extra])
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    config = _base_config(root)
+    assert _compare(config, root / "out", "--decode", "greedy,sampled", "--lr", "csd:SS=3e-3") == 0
+    return config, root / "out"
+
+
+def test_every_loss_and_seed_trains_from_the_same_start_and_is_tabled(compared):
+    config, out = compared
+    for run in ("sft_seed0", "sft_seed1", "csd_SS_seed0", "csd_SS_seed1"):
+        saved = load_config(out / "configs" / f"{run}.yaml")
+        assert saved.model.name_or_path == str(config.parent / "student")  # the one student start
+        assert (out / "runs" / run / "final" / "config.json").is_file()
+    ss = load_config(out / "configs" / "csd_SS_seed1.yaml")
+    assert (ss.train.mode, ss.loss.name, ss.loss.weighting, ss.train.seed, ss.train.lr) == ("kd", "csd", "SS", 1, 3e-3)
+    sft = load_config(out / "configs" / "sft_seed0.yaml")
+    assert (sft.train.mode, sft.train.lr) == ("sft", 1e-3)  # no --lr entry: the base config's train.lr
+    numbers = json.loads((out / "report" / "compare.json").read_text())
+    assert list(numbers["rows"]) == ["teacher", "student start (no KD)", "SFT on the data's responses (SeqKD)", "CSD (SS)"]
+    row = numbers["rows"]["CSD (SS)"]
+    assert set(row) >= {"test ROUGE-L ↑ (greedy)", "test ROUGE-L ↑ (sampled)", "Self-BLEU (sampled)", "FKL to teacher ↓", "ECE ↓"}
+    per_seed = [json.loads((out / "eval" / "greedy" / f"csd_SS_seed{s}" / "results.json").read_text()) for s in (0, 1)]
+    values = [r["sets"]["test"]["rouge_l"]["mean"] for r in per_seed]
+    mean, std = row["test ROUGE-L ↑ (greedy)"]
+    assert mean == pytest.approx(sum(values) / 2) and std == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    assert numbers["rows"]["teacher"]["FKL to teacher ↓"][0] == pytest.approx(0.0, abs=1e-6)
+    report = (out / "report" / "report.md").read_text()
+    assert "## Comparison" in report and "| CSD (SS) |" in report and "**" in report
+    assert "CSD (SS) · seed 1" in report  # per-seed rows in the full report
+    assert (out / "report" / "training_curves.png").is_file()
+
+
+def test_rerun_reuses_and_a_changed_lr_retrains_only_that_loss(compared, capsys):
+    config, out = compared
+    capsys.readouterr()
+    assert _compare(config, out, "--decode", "greedy,sampled", "--lr", "csd:SS=3e-3") == 0
+    printed = capsys.readouterr().out
+    for run in ("sft_seed0", "sft_seed1", "csd_SS_seed0", "csd_SS_seed1"):
+        assert f"{run}: finished earlier with the same settings" in printed
+    assert "| CSD (SS) |" in printed
+    assert _compare(config, out, "--decode", "greedy", "--lr", "csd:SS=1e-3") == 0
+    printed = capsys.readouterr().out
+    assert "sft_seed0: finished earlier" in printed and "sft_seed1: finished earlier" in printed
+    assert "csd_SS_seed0: finished earlier" not in printed
+    assert load_config(out / "configs" / "csd_SS_seed0.yaml").train.lr == 1e-3
+    kept = [p.name for p in (out / "runs").iterdir() if p.name.startswith("csd_SS_seed0.")]
+    assert len(kept) == 1  # the earlier run with the other lr is kept, not deleted
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--losses", "sft,nope", "--losses: 'nope'"),
+    ("--losses", "fkl:SS", "only csd takes a weighting"),
+    ("--losses", "fkl,fkl", "fkl given twice"),
+    ("--seeds", "0,x", "--seeds '0,x': not a list of integers; give e.g. --seeds 0,1,2"),
+    ("--seeds", "1,1", "distinct integers"),
+    ("--lr", "rkl=1e-3", "'rkl' is not in --losses"),
+    ("--lr", "fkl=fast", "'fast' is not a number"),
+    ("--decode", "beam", "give greedy, sampled or greedy,sampled"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, capsys, flag, value, message):
+    config = _base_config(tmp_path)
+    args = {"--losses": "sft,fkl", "--seeds": "0", flag: value}
+    code = main(["compare", "--config", str(config), "--out", str(tmp_path / "out"), *[x for kv in args.items() for x in kv]])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_parsers_and_base_overrides():
+    assert parse_losses("sft, csd:ts,fkl") == [RunSpec("sft"), RunSpec("csd", "TS"), RunSpec("fkl")]
+    assert parse_seeds("2,0") == [2, 0]
+    specs = parse_losses("fkl,csd:SS,csd:TS")
+    assert parse_lrs("1e-4", specs) == {"fkl": 1e-4, "csd_SS": 1e-4, "csd_TS": 1e-4}
+    assert parse_lrs("csd=2e-4,csd:SS=1e-4", specs) == {"csd": 2e-4, "csd_SS": 1e-4}
+    cfg = load_config(None, ["teacher.name_or_path=t", 'data.template="{instruction} -> "', "eval.seeds=[1,2]",
+                             "loss.lam=0.2", "train.lr=3e-5"])
+    assert load_config(None, base_overrides(cfg)) == cfg  # the base config survives the round trip
+    with pytest.raises(ConfigError, match="--losses is empty"):
+        parse_losses(" , ")
+
+
+def test_lr_sweep_chooses_on_validation_and_trains_the_table_at_the_choice(tmp_path):
+    config = _base_config(tmp_path)
+    out = tmp_path / "out"
+    assert main(["compare", "--config", str(config), "--losses", "fkl", "--seeds", "0", "--out", str(out),
+                 "--lr-sweep", "1e-4,1e-2", "--decode", "greedy", "--baselines", "none", "--no-progress"]) == 0
+    sweep = json.loads((out / "sweep" / "sweep.json").read_text())
+    scores = sweep["scores"]["fkl"]
+    assert set(scores) == {"0.0001", "0.01"} and sweep["best"]["fkl"] == float(max(scores, key=scores.get))
+    assert load_config(out / "configs" / "fkl_seed0.yaml").train.lr == sweep["best"]["fkl"]
+    assert load_config(out / "sweep" / "lr0.01" / "configs" / "fkl_seed100.yaml").train.seed == 100
+    assert list(json.loads((out / "report" / "compare.json").read_text())["rows"]) == ["FKL"]
+
+
+def test_real_model_config_names_the_pipeline_commands():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "real_smollm2_compare.yaml"
+    header = path.read_text().split("\nmodel:")[0]
+    for command in ("csdistill model fetch", "csdistill student init --teacher", "--layers 24", "csdistill data prompts",
+                    "csdistill teacher cache --config configs/real_smollm2_compare.yaml --top-k 64",
+                    "train.teacher_cache=", "csdistill compare --config configs/real_smollm2_compare.yaml",
+                    "--losses sft,fkl,rkl,srkl,csd:SS,csd:TS,csd:US", "--decode greedy,sampled"):
+        assert command in header
+    cfg = load_config(path)
+    assert cfg.eval.sets and cfg.data.validation_file and cfg.train.max_steps > 0 and len(cfg.eval.seeds) == 5
+    assert parse_losses("sft,fkl,rkl,srkl,csd:SS,csd:TS,csd:US")  # the header's --losses parse
