@@ -226,3 +226,21 @@ def test_auto_format_is_decided_by_the_first_valid_record(tmp_path):
     path.write_text('oops\n{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
     result = load_records(path, skip_bad=True)
     assert (result.format, result.skipped, result.records[0]["response"]) == ("chat", 1, "a")
+
+
+def test_training_data_renders_chat_records_with_the_tokenizers_chat_template(tmp_path):
+    """A chat record trains on the prompt the model's own chat template writes, not the generic role tags."""
+    from csdistill.config import load_config
+    from csdistill.train.dataset import load_train_data
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}<assistant>{% endif %}")
+    rows = [{"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}]}
+            for w in ("cat", "dog", "sun")]
+    path = write_jsonl(tmp_path / "chat.jsonl", rows)
+    cfg = load_config(overrides=[f"data.train_file={path}", f"data.validation_file={path}", "train.mode=sft"])
+    data = load_train_data(cfg, tokenizer)
+    prompts = {tokenizer.decode([i for i, label in zip(e["input_ids"], e["labels"]) if label == -100])
+               for e in data.train}
+    assert prompts == {f"<user>say {w}\n<assistant>" for w in ("cat", "dog", "sun")}

@@ -173,13 +173,13 @@ def _checkpoint_model_dir(checkpoint: str) -> str:
     return str(path / "model") if (path / "model" / "config.json").is_file() else checkpoint
 
 
-def _prompt_records(prompts: Sequence[str], prompts_file: str | None, cfg: Config) -> list[dict]:
+def _prompt_records(prompts: Sequence[str], prompts_file: str | None, cfg: Config, tokenizer=None) -> list[dict]:
     from csdistill.data import load_records
 
     records = [{"instruction": p, "input": ""} for p in prompts]
     if prompts_file:
         records += load_records(prompts_file, format=cfg.data.format, skip_bad=cfg.data.skip_bad_records,
-                                require_response=False).records
+                                require_response=False, tokenizer=tokenizer).records
     if not records:
         raise ConfigError("generate: no prompts; pass --prompt TEXT (repeatable) or --prompts-file FILE.jsonl")
     return records
@@ -194,11 +194,11 @@ def generate_command(cfg: Config, checkpoint: str, prompts: Sequence[str], promp
     from csdistill.data.templates import build_prompt
     from csdistill.models import load_model, load_tokenizer
 
-    records = _prompt_records(prompts, prompts_file, cfg)
     if out:
         check_writable(Path(out).parent, "--out")  # before the work, not after it
     model_dir = _checkpoint_model_dir(checkpoint)
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_dir)
+    records = _prompt_records(prompts, prompts_file, cfg, tokenizer)  # chat records: the model's chat template
     model = load_model(model_dir, precision=cfg.model.precision, trust_remote_code=cfg.model.trust_remote_code)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     texts = generate_texts(model, tokenizer, [build_prompt(r, cfg.data.template) for r in records], cfg.generation,

@@ -50,7 +50,8 @@ def _set_name(path: Path, taken: set[str]) -> str:
     return name
 
 
-def load_sets(sets: Sequence[str] | dict, max_examples: int = 0, skip_bad: bool = False) -> dict[str, list[dict]]:
+def load_sets(sets: Sequence[str] | dict, max_examples: int = 0, skip_bad: bool = False,
+              tokenizer=None) -> dict[str, list[dict]]:
     """{name: records} from JSONL paths (name = file stem) or a {name: records | path} dict; first max_examples."""
     from csdistill.data import load_records
 
@@ -66,7 +67,7 @@ def load_sets(sets: Sequence[str] | dict, max_examples: int = 0, skip_bad: bool 
             if not path.is_file():
                 raise ValueError(f"evaluation set {str(path)!r} not found; pass existing JSONL files to --sets")
             name = name or _set_name(path, set(out))
-            records = load_records(path, skip_bad=skip_bad, require_response=False).records
+            records = load_records(path, skip_bad=skip_bad, require_response=False, tokenizer=tokenizer).records
         else:
             records = list(source)
         if not records:
@@ -270,7 +271,7 @@ def evaluate_model(model, tokenizer, sets: Sequence[str] | dict, cfg: Config, te
     student/teacher vocabulary (None = the smaller output head). train_cfg: the config the model was
     trained with, when it differs from `cfg` (labels the run by its loss).
     """
-    loaded = load_sets(sets, cfg.eval.max_examples, cfg.data.skip_bad_records)
+    loaded = load_sets(sets, cfg.eval.max_examples, cfg.data.skip_bad_records, tokenizer)
     encoder = load_encoder(cfg.eval.semantic) if cfg.eval.semantic else None  # once, and a bad value fails early
     out = Path(out_dir) if out_dir else None
     keys = {"model": model_fingerprint(model), "teacher": model_fingerprint(teacher) if cfg.eval.fidelity else None}

@@ -65,11 +65,13 @@ def rank_slice(items: list, batch_size: int, rank: int) -> list:
 # --------------------------------------------------------------------------- loading
 
 
-def _load(path: str, cfg: Config, what: str) -> list:
+def _load(path: str, cfg: Config, what: str, tokenizer=None) -> list:
+    """The records of `path`; chat records are rendered with the tokenizer's chat template when it has one."""
     from csdistill.data import load_records
 
     try:
-        record_set = load_records(path, format=cfg.data.format, skip_bad=cfg.data.skip_bad_records)
+        record_set = load_records(path, format=cfg.data.format, skip_bad=cfg.data.skip_bad_records,
+                                  tokenizer=tokenizer)
     except ValueError as err:  # csdistill.data.DataError (missing file, malformed record): name the key too
         raise ConfigError(f"{what}={path!r}: {err}") from None
     if record_set.skipped:
@@ -115,11 +117,11 @@ def warn_unknown_tokens(examples: list[dict], records: list, tokenizer, what: st
     return total
 
 
-def _response_table(path: str, cfg: Config, key: str) -> dict[str, object]:
+def _response_table(path: str, cfg: Config, key: str, tokenizer) -> dict[str, object]:
     """prompt text -> record, for pre-generated responses (the record's response is the output)."""
     from csdistill.data.templates import build_prompt
 
-    return {build_prompt(r, cfg.data.template): r for r in _load(path, cfg, key)}
+    return {build_prompt(r, cfg.data.template): r for r in _load(path, cfg, key, tokenizer)}
 
 
 def attach_responses(records: list, examples: list[dict], tokenizer, cfg: Config, role: str, path: str, key: str) -> None:
@@ -127,7 +129,7 @@ def attach_responses(records: list, examples: list[dict], tokenizer, cfg: Config
     from csdistill.data.collate import encode_example
     from csdistill.data.templates import build_prompt
 
-    table = _response_table(path, cfg, key)
+    table = _response_table(path, cfg, key, tokenizer)
     missing = 0
     for record, example in zip(records, examples):
         match = table.get(build_prompt(record, cfg.data.template))
@@ -152,13 +154,13 @@ def load_train_data(cfg: Config, tokenizer) -> TrainData:
     d = cfg.data
     if not d.train_file:
         raise ConfigError("data.train_file is empty: set it to a JSONL file of training records")
-    records = _load(d.train_file, cfg, "data.train_file")
+    records = _load(d.train_file, cfg, "data.train_file", tokenizer)
     if d.max_train_examples > 0:
         records = records[:d.max_train_examples]
     if not records:
         raise ConfigError(f"data.train_file={d.train_file!r} holds no training records; add records or fix the path")
     if d.validation_file:
-        train_records, val_records = records, _load(d.validation_file, cfg, "data.validation_file")
+        train_records, val_records = records, _load(d.validation_file, cfg, "data.validation_file", tokenizer)
     else:
         train_records, val_records = split_records(records, d.validation_fraction, cfg.train.seed)
     train = encode(train_records, tokenizer, cfg)
