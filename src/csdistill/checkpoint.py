@@ -21,7 +21,6 @@ main process writes the shared files. <output_dir> must be on storage all proces
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import random
@@ -36,6 +35,7 @@ import torch
 from safetensors.torch import load_file
 
 from csdistill.errors import CheckpointError, StorageError, storage_error
+from csdistill.files import file_sha256
 
 PREFIX = "checkpoint-"
 MANIFEST = "manifest.json"
@@ -86,18 +86,10 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
 # --------------------------------------------------------------------------- manifest
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path) -> None:
     """folder/manifest.json: {relative path: {size, sha256}} of every other file in folder."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    entries = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    entries = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
     (folder / MANIFEST).write_text(json.dumps({"files": entries}, indent=1))
 
 
@@ -118,7 +110,7 @@ def verify_checkpoint(path: str | Path) -> str | None:
             return f"{file} is missing"
         if file.stat().st_size != entry["size"]:
             return f"{file} has {file.stat().st_size} bytes, its manifest says {entry['size']}"
-        if _sha256(file) != entry["sha256"]:
+        if file_sha256(file) != entry["sha256"]:
             return f"{file} does not match its sha256 in {MANIFEST}"
     return None
 

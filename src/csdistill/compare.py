@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from csdistill.config import Config, ConfigError, load_config, to_dict
+from csdistill.files import file_sha256
 from csdistill.jobs import Job, available_cores, core_slots, run_jobs
 
 SWEEP_SEED = 100  # the lr sweep trains at its own seed, so the table's seeds stay held out from the choice
@@ -177,11 +178,7 @@ def _hash_path(path: str) -> str:
         return path
     p = p.resolve()
     if p.is_file():
-        digest = hashlib.sha256()
-        with p.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()[:16]
+        return file_sha256(p)[:16]
     stats = sorted((str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in p.rglob("*") if f.is_file())
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 

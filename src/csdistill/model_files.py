@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from csdistill.files import file_sha256
 
 SOURCE_FILE = "csdistill_source.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -114,16 +115,8 @@ def export_model(source: str, out: str | Path, dtype: str = "fp32") -> Path:
 # --------------------------------------------------------------------------- fetch
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verify(path: Path, expected: str, what: str) -> None:
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise ValueError(f"{what} {str(path)!r}: sha256 {actual} does not match the pinned {expected}; the file is "
                          "corrupt or not the expected release: delete it and fetch again")

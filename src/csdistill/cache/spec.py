@@ -27,7 +27,7 @@ def tokenizer_hash(tokenizer) -> str:
 
 
 def _file_identity(path: str) -> dict:
-    from csdistill.cache.store import file_sha256
+    from csdistill.files import file_sha256
 
     if not path:
         return {"path": "", "sha256": ""}

@@ -44,14 +44,6 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_json(path: Path, data: dict) -> None:
     """Atomic: a temp file in the same folder, then rename."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

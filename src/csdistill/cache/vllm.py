@@ -154,6 +154,6 @@ def convert(cfg, tokenizer, sequences: list[dict], responses: str, top_k: int, o
 
 
 def _sha(path) -> str:
-    from csdistill.cache.store import file_sha256
+    from csdistill.files import file_sha256
 
     return file_sha256(path)
