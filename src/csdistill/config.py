@@ -97,6 +97,8 @@ class LossConfig:
     scale: float = _f(1.0, "multiplier on the distillation term (0.5 matches the CSD reference implementation's step size)")
     fused: bool = _f(False, "use the chunked fused head+loss path (never holds full token x vocab logits)")
     chunk_size: int = _f(0, "fused path: positions per chunk (0 = automatic)")
+    compile: str = _f("auto", "fused path: torch.compile the per-chunk loss maths: auto (large chunks only), true, false",
+                      ("auto", "true", "false"))  # issue 12
 
 
 @dataclass
@@ -205,6 +207,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}={value!r}: expected a string")
+        if isinstance(value, bool):  # YAML reads true/false as booleans (e.g. loss.compile=true)
+            return "true" if value else "false"
         return str(value)
     if annotation is list or origin is list:
         if isinstance(value, str):

@@ -57,13 +57,10 @@ def _softmax_backward(h, q):
     return h.sub_(q * h.sum(-1, keepdim=True))
 
 
-def _checked(kernel, loss: str, student_logits, teacher_logits, temperature: float,
-             allow_masked: bool = True, **params):
+def _checked(kernel, loss: str, student_logits, teacher_logits, temperature: float, **params):
     """The public wrapper: checks, then the kernel through ops.closed_form_loss."""
     check_positive("temperature", temperature, loss)
     masked = check_logits(student_logits, teacher_logits)
-    if not allow_masked:
-        reject_masked(masked, loss)
     return closed_form_loss(kernel, student_logits, teacher_logits, masked,
                             temperature=float(temperature), **params)
 
@@ -253,6 +250,7 @@ def jeffreys(student_logits, teacher_logits, temperature: float = 1.0) -> torch.
 def ab_kernel(student_logits, teacher_logits, masked, need_grad, alpha=0.2, beta=0.7,
               temperature=1.0):
     """D_AB (see ab_divergence); h = q^(α+β) (1 − (p/q)^α)/α (→ q^β log(q/p) at α = 0)."""
+    reject_masked(masked, "ab")
     log_q, log_p = _log_softmaxes(student_logits, teacher_logits, masked, temperature)
     log_ratio = log_p - log_q  # (..., V)
     loss = _ab_value(log_q, log_p, log_ratio, alpha, beta)
@@ -300,7 +298,7 @@ def ab_divergence(student_logits, teacher_logits, alpha: float = 0.2, beta: floa
     check_real("alpha", alpha, "ab")
     check_real("beta", beta, "ab")
     return _checked(ab_kernel, "ab", student_logits, teacher_logits, temperature,
-                    allow_masked=False, alpha=float(alpha), beta=float(beta))
+                    alpha=float(alpha), beta=float(beta))
 
 
 DLD_WEIGHTS = ("S", "T", "U")
@@ -393,7 +391,6 @@ def dld(student_logits, teacher_logits, weight: str = "U", normalize: str = "non
     check_choice("normalize", normalize, DLD_NORMALIZE, "dld")
     check_positive("temperature", temperature, "dld")
     masked = check_logits(student_logits, teacher_logits)
-    reject_masked(masked, "dld")
     return closed_form_loss(dld_kernel, student_logits, teacher_logits, masked, weight=weight,
                             normalize=normalize, temperature=float(temperature))
 
