@@ -281,5 +281,5 @@ def test_compile_flag_and_chunk_rule():
     tensors, labels = _setup(seed=72)
     with pytest.raises(ValueError, match=r"compile='yes'.*auto, true or false"):
         fused_linear_distill(labels=labels, compile="yes", **tensors)
-    assert [default_chunk_size(v) for v in (4096, 49152, 131072, 151936, 262144)] == [
-        1024, 256, 64, 64, 64]
+    assert [default_chunk_size(v) for v in (4096, 49152, 131072, 151936, 262144, 10**6)] == [
+        1024, 384, 128, 128, 64, 64]

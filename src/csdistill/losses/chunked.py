@@ -24,7 +24,7 @@ from csdistill.losses.checks import check_logits
 from csdistill.losses.reduce import _as_count, valid_mask
 from csdistill.losses.registry import LOSS_NAMES, get_loss_kernel
 
-DEFAULT_CHUNK_ELEMENTS = 12 * 2**20  # logits entries per chunk (rows × V); 48 MiB in float32
+DEFAULT_CHUNK_ELEMENTS = 20 * 2**20  # logits entries per chunk (rows × V); 80 MiB in float32
 MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 64, 1024  # see the chunk-size rule in the module docstring
 ROW_QUANTUM = 64  # compiled chunks are padded to a multiple of this: few distinct shapes
 AUTO_COMPILE_MIN_ELEMENTS = 2**20  # compile="auto" compiles only chunks of at least this many logits
