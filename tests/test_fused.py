@@ -194,3 +194,92 @@ def test_bad_inputs_name_both_sizes():
     with pytest.raises(ValueError, match=r"non-finite student logits"):
         fused_linear_distill(labels=torch.zeros_like(labels),
                              **dict(tensors, student_hidden=nan_hidden))
+
+
+TEMPERATURE_CASES = [("fkl", {}), ("rkl", {}), ("skl", {"lam": 0.3}), ("srkl", {"lam": 0.3}),
+                     ("jsd", {"beta": 0.1}), ("tvd", {}), ("sym_kl", {}), ("jeffreys", {}),
+                     ("ab", {"alpha": 0.5, "beta": 0.3}), ("dld", {"weight": "S", "normalize": "std"}),
+                     ("csd", {"weighting": "MS"})]
+
+
+@pytest.mark.parametrize("loss,params", TEMPERATURE_CASES, ids=[c[0] for c in TEMPERATURE_CASES])
+def test_fused_matches_unfused_with_temperature_and_masked_bias(loss, params):
+    """τ ≠ 1 and, where the loss allows it, two vocabulary entries banned through -inf biases."""
+    tensors, labels = _setup(seed=40 + TEMPERATURE_CASES.index((loss, params)))
+    if loss not in ("ab", "dld"):
+        for key in ("student_bias", "teacher_bias"):
+            tensors[key] = tensors[key].detach().index_fill(0, torch.tensor([3, 70]), -torch.inf)
+        tensors["student_bias"].requires_grad_()
+    params = dict(params, temperature=1.7)
+    fused = _value_and_grads(lambda: fused_linear_distill(labels=labels, loss=loss, chunk_size=9,
+                                                          **tensors, **params), tensors)
+    _assert_match(fused, _value_and_grads(lambda: _unfused(tensors, labels, loss, **params),
+                                          tensors))
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_fp32_inputs_under_bf16_autocast_match_the_unfused_path_for_every_loss(loss):
+    tensors, labels = _setup(seed=60 + LOSS_NAMES.index(loss))
+
+    def run(fn):
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            return fn()
+
+    fused = _value_and_grads(lambda: run(lambda: fused_linear_distill(
+        labels=labels, loss=loss, chunk_size=7, **tensors)), tensors)
+    unfused = _value_and_grads(lambda: run(lambda: _unfused(tensors, labels, loss)), tensors)
+    assert all(fused[1][k].dtype == torch.float32 for k in fused[1])
+    _assert_match(fused, unfused, rtol=2e-2, atol=2e-3)  # both round logits and grads to bf16
+
+
+def test_compiled_chunks_match_eager_without_recompiling_and_recheck_bad_chunks():
+    """One small compiled run (compile takes seconds): 47 positions in chunks of 20 — the last
+    one (7 rows) is padded to 20, so one graph serves all three; a -inf entry (masked vocab)
+    reruns its chunks eagerly with masking, a NaN still raises the eager path's error."""
+    from torch._dynamo.utils import counters
+
+    tensors, labels = _setup(seed=70)
+    params = dict(loss="jsd", beta=0.3, temperature=1.3, chunk_size=20)
+    eager = _value_and_grads(lambda: fused_linear_distill(labels=labels, compile=False, **params,
+                                                          **tensors), tensors)
+    counters.clear()
+    compiled = _value_and_grads(lambda: fused_linear_distill(labels=labels, compile=True, **params,
+                                                             **tensors), tensors)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    _assert_match(compiled, eager)
+    for key in ("student_bias", "teacher_bias"):
+        tensors[key] = tensors[key].detach().index_fill(0, torch.tensor([5]), -torch.inf)
+    tensors["student_bias"].requires_grad_()
+    masked = _value_and_grads(lambda: fused_linear_distill(labels=labels, compile=True, **params,
+                                                           **tensors), tensors)
+    _assert_match(masked, _value_and_grads(lambda: _unfused(
+        tensors, labels, "jsd", beta=0.3, temperature=1.3), tensors))
+    tensors["teacher_bias"] = tensors["teacher_bias"].index_fill(0, torch.tensor([6]), torch.nan)
+    with pytest.raises(ValueError, match=r"non-finite teacher logits"):
+        fused_linear_distill(labels=labels, compile=True, **params, **tensors)
+
+
+def test_failed_compilation_falls_back_to_eager_with_one_warning(monkeypatch):
+    from csdistill.losses import chunked
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(chunked, "_COMPILED_CHUNK_MATHS", broken)
+    monkeypatch.setattr(chunked, "_COMPILE_FAILED", False)
+    tensors, labels = _setup(seed=71)
+    with pytest.warns(RuntimeWarning, match=r"no C\+\+ compiler here.*loss.compile=false"):
+        value = fused_linear_distill(labels=labels, loss="fkl", compile=True, chunk_size=10,
+                                     **tensors)
+    assert chunked._COMPILE_FAILED
+    torch.testing.assert_close(value, _unfused(tensors, labels, "fkl"))
+
+
+def test_compile_flag_and_chunk_rule():
+    from csdistill.losses import default_chunk_size
+
+    tensors, labels = _setup(seed=72)
+    with pytest.raises(ValueError, match=r"compile='yes'.*auto, true or false"):
+        fused_linear_distill(labels=labels, compile="yes", **tensors)
+    assert [default_chunk_size(v) for v in (4096, 49152, 131072, 151936, 262144, 10**6)] == [
+        1024, 384, 128, 128, 64, 64]

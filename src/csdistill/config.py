@@ -103,6 +103,8 @@ class LossConfig:
     sparse_tail: str = _f("bucket", "top-k teacher cache (train.teacher_cache): support = loss on top-k + the actual "
                                      "token, renormalised; bucket = plus one complement entry for the mass off it",
                           ("support", "bucket"))
+    compile: str = _f("auto", "fused path: torch.compile the per-chunk loss maths: auto (large chunks only), true, false",
+                      ("auto", "true", "false"))  # issue 12
 
 
 @dataclass
@@ -218,6 +220,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}={value!r}: expected a string")
+        if isinstance(value, bool):  # YAML reads true/false as booleans (e.g. loss.compile=true)
+            return "true" if value else "false"
         return str(value)
     if annotation is list or origin is list:
         if isinstance(value, str):

@@ -1,44 +1,74 @@
 """Fused LM head + distillation loss, chunked over valid positions (Liger-style mechanics).
 
 The engine holds no formula: it projects hidden states to logits one chunk of positions at a
-time, calls the *same* per-position loss (``get_loss(name)`` or any callable), and immediately
-turns the chunk's logits gradient into gradients of the hidden states, head weight and bias.
-Only those gradients are kept; backward just scales them by ``grad_output``. At most one chunk
-of (positions × V) logits exists per model at any time — never (N × V).
+time, calls the *same* per-position maths as the loss functions, and immediately turns the
+chunk's logits gradient into gradients of the hidden states, head weight and bias. Only those
+gradients are kept; backward just scales them by ``grad_output``. At most one chunk of
+(positions × V) logits exists per model at any time — never (N × V).
 
-Memory per chunk ≈ 4 float32 (rows × V) tensors (student and teacher logits plus two loss
-temporaries), on top of the float32 weight-gradient accumulator (V × H). The default chunk is
-``DEFAULT_CHUNK_ELEMENTS // V`` rows (48 MiB of float32 logits per tensor; 96 rows at
-V = 131072, 82 at 151936), measured on a 2-core CPU (benchmarks/RESULTS.md): 128 rows put the
-fused peak at ~0.128 of the full-logit peak (target 1/8), while each halving of the rows costs
-~10-15 % time, because the per-chunk head matmuls repack the (V × H) weight.
+Per chunk, a registry loss runs its closed-form kernel (``registry.get_loss_kernel``: loss and
+exact logits gradient in one pass, the kernel behind the public function), not autograd. With
+compilation on, that kernel (plus the cast of the gradient to the compute dtype and a finiteness
+sum) is one ``torch.compile`` graph — inductor fuses its elementwise passes (C++/OpenMP on CPU,
+Triton on CUDA); the head matmuls stay outside it (BLAS either way). Compiled chunks are
+zero-padded to a power of two >= ROW_QUANTUM rows, capped at the chunk size, so the last, shorter
+chunk reuses the full chunks' graph and a loss sees at most ~5 shapes over a whole run. ``compile="auto"`` compiles chunks of >= AUTO_COMPILE_MIN_ELEMENTS logits
+only (tiny test models stay eager); a compiler failure warns once and runs eagerly. A per-position
+callable is differentiated by autograd per chunk and never compiled.
+
+Precision: the head matmuls run in the compute dtype (bf16 under bf16 autocast, with float32
+accumulation inside BLAS); the loss maths is float32; the weight-gradient matmul runs in the
+compute dtype, block by block, summed into a float32 buffer; gradients return in input dtypes.
+
+Chunk-size rule: rows = DEFAULT_CHUNK_ELEMENTS // V (~20M logits, 80 MiB per float32 tensor),
+rounded down to a multiple of 64 and clamped to [64, 1024]: 128 rows at V = 131072 and 151936,
+384 at 49152, 1024 at V <= 20480. Memory per chunk ≈ 3-4 (rows × V) float32 tensors (student and
+teacher logits, the gradient, a loss temporary) on top of the float32 (V × H) weight-gradient
+buffer. Small chunks are slow because every per-chunk head matmul repacks the (V × H) weight;
+large ones cost memory. Measured (fused JSD, compiled, V = 151936, H = 512, N = 512, fp32, one
+core, one thread, load average ~10 on the shared 2-core CPU, so ±20 %): 64 rows 22.0 s/step,
+128 rows 15.8 s, 256 rows 17.1 s, 512 rows 34.6 s — no gain above 128 rows while the chunk memory keeps
+doubling; at N = 2048 the 128-row chunks keep the fused peak under 1/8 of a full-logit FKL's.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
 
+from csdistill.losses.checks import check_logits
 from csdistill.losses.reduce import _as_count, valid_mask
-from csdistill.losses.registry import get_loss
+from csdistill.losses.registry import LOSS_NAMES, get_loss_kernel
 
-DEFAULT_CHUNK_ELEMENTS = 12 * 2**20  # logits entries per chunk (rows × V); 48 MiB in float32
+DEFAULT_CHUNK_ELEMENTS = 20 * 2**20  # logits entries per chunk (rows × V); 80 MiB in float32
+MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 64, 1024  # see the chunk-size rule in the module docstring
+ROW_QUANTUM = 64  # the chunk-size rule's granularity and the smallest padded compiled chunk
+AUTO_COMPILE_MIN_ELEMENTS = 2**20  # compile="auto" compiles only chunks of at least this many logits
+COMPILE_MODES = ("auto", "true", "false")
+_WEIGHT_GRAD_BLOCK = 32768  # vocab rows per low-precision weight-gradient matmul (bounds its temp)
 
 
 def default_chunk_size(vocab_size: int) -> int:
-    """Rows (positions) per chunk so one chunk of logits holds ~DEFAULT_CHUNK_ELEMENTS entries."""
-    return max(1, DEFAULT_CHUNK_ELEMENTS // vocab_size)
+    """Rows (positions) per chunk: ~DEFAULT_CHUNK_ELEMENTS logits, clamped to [64, 1024] and
+    rounded down to a multiple of ROW_QUANTUM (see the module docstring for the measurements)."""
+    rows = DEFAULT_CHUNK_ELEMENTS // vocab_size
+    return max(MIN_CHUNK_ROWS, min(MAX_CHUNK_ROWS, rows // ROW_QUANTUM * ROW_QUANTUM))
 
 
 def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher_weight, labels,
                          loss="csd", chunk_size=None, student_bias=None, teacher_bias=None,
-                         num_valid_tokens=None, **loss_params) -> torch.Tensor:
+                         num_valid_tokens=None, compile="auto", **loss_params) -> torch.Tensor:
     """Σ_valid loss(h_s W_sᵀ + b_s, h_t W_tᵀ + b_t) / n — a float32 scalar, chunked.
 
     student_hidden (..., H_s), teacher_hidden (..., H_t); student_weight (V_s, H_s), teacher_weight
     (V_t, H_t) like ``nn.Linear``; labels (...) already aligned to positions (shift_labels): only
     positions with label != IGNORE_INDEX are projected. n = num_valid_tokens (global count) if
     given, else the local count; 0 when nothing is valid. loss: a registry name (with
-    ``**loss_params``) or a per-position callable. A padded teacher vocabulary (V_t > V_s) is
+    ``**loss_params``; its closed-form kernel runs per chunk, compiled or eager) or a per-position
+    callable (differentiated by autograd per chunk, never compiled). compile: "auto" (compile when
+    a chunk holds >= AUTO_COMPILE_MIN_ELEMENTS logits), "true", "false" (or a bool); a failed
+    compilation falls back to eager with one warning. A padded teacher vocabulary (V_t > V_s) is
     compared on the shared ids [0, V_s). Gradients reach student_hidden, student_weight and
     student_bias (in their dtypes; accumulated in float32); the teacher runs without grad.
     bf16 inputs give bf16 logits per chunk, as the unfused model would; loss maths is float32.
@@ -46,7 +76,7 @@ def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher
     there (so fp32 hidden/weights give bf16 logits under bf16 autocast); the rest runs with
     autocast off, and the gradients still come back in each input's own dtype.
     """
-    loss_fn = _resolve_loss(loss, loss_params)
+    body = _resolve_loss(loss, loss_params, _compile_mode(compile))
     _check_inputs(student_hidden, student_weight, teacher_hidden, teacher_weight, labels)
     vocab = student_weight.shape[0]
     teacher_weight, teacher_bias = _shared_vocab(teacher_weight, teacher_bias, vocab)
@@ -64,7 +94,7 @@ def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher
     with torch.autocast(student_hidden.device.type, enabled=False):  # dtypes are chosen explicitly
         return _FusedLinearDistill.apply(hidden, student_weight, student_bias, teacher,
                                          _cast(teacher_weight.detach(), teacher_dtype),
-                                         _cast(_detach(teacher_bias), teacher_dtype), loss_fn, rows,
+                                         _cast(_detach(teacher_bias), teacher_dtype), body, rows,
                                          denominator, compute_dtype(student_hidden))
 
 
@@ -104,9 +134,12 @@ class _FusedLinearDistill(torch.autograd.Function):
     """Forward computes the loss and all student gradients chunk by chunk; backward scales."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, loss_fn,
+    def forward(ctx, hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, body,
                 rows, denominator, dtype):
-        """dtype: the student head's compute dtype; the teacher arrives already in its own."""
+        """dtype: the student head's compute dtype; the teacher arrives already in its own.
+        teacher_weight None: teacher_hidden holds the teacher's rows themselves (sliceable)."""
+        if not isinstance(body, (_KernelBody, _AutogradBody)):  # a bare per-position callable
+            body = _AutogradBody(body)
         wants = ctx.needs_input_grad[:3]  # (hidden, weight, bias)
         grads = _GradBuffers(hidden, weight, bias, wants)
         weight, bias = _cast(weight, dtype), _cast(bias, dtype)  # (V, H), (V,): one copy, as autocast
@@ -114,9 +147,13 @@ class _FusedLinearDistill(torch.autograd.Function):
         for start in range(0, hidden.shape[0], rows):
             stop = min(start + rows, hidden.shape[0])
             hidden_chunk = hidden[start:stop].to(dtype)  # (n, H)
-            chunk_sum, logits_grad = _chunk_loss_and_grad(
-                loss_fn, (hidden_chunk, weight, bias),
-                (teacher_hidden[start:stop], teacher_weight, teacher_bias), any(wants))
+            student_chunk, teacher_chunk = hidden_chunk, teacher_hidden[start:stop]
+            padded = body.padded_rows(stop - start, rows, weight.shape[0])
+            if padded != stop - start:  # compiled: zero rows up to one of few shapes
+                student_chunk, teacher_chunk = _pad_rows(student_chunk, padded), _pad_rows(teacher_chunk, padded)
+            chunk_sum, logits_grad = body((student_chunk, weight, bias),
+                                          (teacher_chunk, teacher_weight, teacher_bias),
+                                          stop - start, any(wants))
             total += chunk_sum
             if logits_grad is not None:
                 grads.add_chunk(logits_grad, hidden_chunk, weight, start, stop)
@@ -132,25 +169,106 @@ class _FusedLinearDistill(torch.autograd.Function):
         return scaled[0], scaled[1], scaled[2], None, None, None, None, None, None, None
 
 
-def _chunk_loss_and_grad(loss_fn, student_head, teacher_head, need_grad: bool):
-    """Σ loss over one chunk (float32 scalar) and ∂Σ/∂student_logits (n, V) or None.
+def _pad_rows(rows: torch.Tensor, padded: int) -> torch.Tensor:
+    """rows (n, H) with zero rows appended up to `padded` (compiled chunks keep one shape)."""
+    return F.pad(rows, (0, 0, 0, padded - rows.shape[0]))
 
-    student_head / teacher_head: (hidden chunk (n, H), weight (V, H), bias (V,) or None). The
-    logits live only in this frame, so the teacher's are freed before the backward pass.
+
+def _head_logits(head) -> torch.Tensor:
+    """(n, V) logits of (hidden (n, H), weight (V, H), bias); weight None: the rows themselves."""
+    return head[0] if head[1] is None else F.linear(*head)
+
+
+class _AutogradBody:
+    """A per-position callable loss, differentiated by autograd chunk by chunk (never compiled)."""
+
+    def __init__(self, loss_fn):
+        self.loss_fn = loss_fn
+
+    def padded_rows(self, n: int, rows: int, vocab: int) -> int:
+        return n
+
+    def __call__(self, student_head, teacher_head, n: int, need_grad: bool):
+        """Σ loss over one chunk (float32 scalar) and ∂Σ/∂student_logits (n, V) or None.
+        The logits live only in this frame, so the teacher's are freed before the backward."""
+        student_logits = _head_logits(student_head).requires_grad_(need_grad)  # (n, V)
+        teacher_logits = _head_logits(teacher_head)  # (n, V) or given rows
+        with torch.enable_grad():
+            per_position = self.loss_fn(student_logits, teacher_logits)  # (n,)
+            if tuple(per_position.shape) != tuple(student_logits.shape[:-1]):
+                raise ValueError(f"loss callable returned shape {tuple(per_position.shape)}; a "
+                                 "per-position loss must return "
+                                 f"{tuple(student_logits.shape[:-1])}.")
+            chunk_sum = per_position.float().sum()
+        del teacher_logits, per_position
+        if not need_grad:
+            return chunk_sum.detach(), None
+        (logits_grad,) = torch.autograd.grad(chunk_sum, student_logits)
+        return chunk_sum.detach(), logits_grad
+
+
+class _KernelBody:
+    """A registry loss's closed-form kernel per chunk: one compiled graph for the loss maths and
+    the logits gradient (inductor fuses the elementwise passes), or the checked eager kernel.
+
+    The compiled graph skips the per-chunk logits check; it returns the sum of all logits as well,
+    and a non-finite sum (NaN, ±inf: a bad model or masked entries) reruns that chunk eagerly
+    with the checks of ``checks.check_logits`` — the same errors and masking as the eager path.
     """
-    student_logits = F.linear(*student_head).requires_grad_(need_grad)  # (n, V)
-    teacher_logits = teacher_head[0] if teacher_head[1] is None else F.linear(*teacher_head)  # (n, V) or given rows
-    with torch.enable_grad():
-        per_position = loss_fn(student_logits, teacher_logits)  # (n,)
-        if tuple(per_position.shape) != tuple(student_logits.shape[:-1]):
-            raise ValueError(f"loss callable returned shape {tuple(per_position.shape)}; a "
-                             f"per-position loss must return {tuple(student_logits.shape[:-1])}.")
-        chunk_sum = per_position.float().sum()
-    del teacher_logits, per_position
-    if not need_grad:
-        return chunk_sum.detach(), None
-    (logits_grad,) = torch.autograd.grad(chunk_sum, student_logits)
-    return chunk_sum.detach(), logits_grad
+
+    def __init__(self, kernel, mode: str):
+        self.kernel, self.mode = kernel, mode
+
+    def padded_rows(self, n: int, rows: int, vocab: int) -> int:
+        """Compiled: n rounded up to a power of two >= ROW_QUANTUM, capped at the chunk size
+        (at most ~5 shapes per loss, whatever the batch); eager: n itself."""
+        padded = min(rows, max(ROW_QUANTUM, 1 << (n - 1).bit_length()))
+        return padded if self._compiles(padded * vocab) else n
+
+    def _compiles(self, elements: int) -> bool:
+        if self.mode == "false" or _COMPILE_FAILED or torch.compiler.is_compiling():
+            return False
+        return self.mode == "true" or elements >= AUTO_COMPILE_MIN_ELEMENTS
+
+    def __call__(self, student_head, teacher_head, n: int, need_grad: bool):
+        student_logits = _head_logits(student_head)  # (padded, V)
+        teacher_logits = _head_logits(teacher_head)  # (padded, V)
+        if self._compiles(student_logits.numel()):
+            result = _compiled_chunk(self.kernel, student_logits, teacher_logits, need_grad)
+            if result is not None and bool(torch.isfinite(result[2])):
+                return result[0][:n].sum(), (None if result[1] is None else result[1][:n])
+        student_logits, teacher_logits = student_logits[:n], teacher_logits[:n]
+        masked = check_logits(student_logits, teacher_logits)  # raises on bad logits
+        loss, grad = self.kernel(student_logits, teacher_logits, masked, need_grad)
+        return loss.sum(), (None if grad is None else grad.to(student_logits.dtype))
+
+
+def _chunk_maths(kernel, student_logits, teacher_logits, need_grad: bool):
+    """The compiled unit: (loss (n,), grad (n, V) in the logits dtype or None, Σ all logits)."""
+    loss, grad = kernel(student_logits, teacher_logits, None, need_grad)
+    total = student_logits.sum(dtype=torch.float32) + teacher_logits.sum(dtype=torch.float32)
+    return loss, (None if grad is None else grad.to(student_logits.dtype)), total
+
+
+_COMPILED_CHUNK_MATHS = None  # torch.compile(_chunk_maths), made on first use
+_COMPILE_FAILED = False
+
+
+def _compiled_chunk(kernel, student_logits, teacher_logits, need_grad: bool):
+    """_chunk_maths compiled (one graph per loss, parameters, shape and dtype); None if
+    torch.compile fails here, after which every chunk runs eagerly (one warning)."""
+    global _COMPILE_FAILED, _COMPILED_CHUNK_MATHS
+    try:
+        if _COMPILED_CHUNK_MATHS is None:
+            _COMPILED_CHUNK_MATHS = torch.compile(_chunk_maths, dynamic=False)  # one graph per (loss, params, shape, dtype): allow more than dynamo's default of 8
+        with torch._dynamo.config.patch(recompile_limit=64):
+            return _COMPILED_CHUNK_MATHS(kernel, student_logits, teacher_logits, need_grad)
+    except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
+        _COMPILE_FAILED = True
+        warnings.warn(f"torch.compile of the fused loss failed ({type(error).__name__}: "
+                      f"{str(error)[:200]}); running it eagerly from now on. Set "
+                      "loss.compile=false to skip the attempt.", RuntimeWarning, stacklevel=2)
+        return None
 
 
 class _GradBuffers:
@@ -171,10 +289,12 @@ class _GradBuffers:
         if self.weight is not None:
             if logits_grad.dtype == torch.float32 and hidden_chunk.dtype == torch.float32:
                 self.weight.addmm_(logits_grad.t(), hidden_chunk)  # (V, H), in place
-            else:  # low precision: accumulate the chunk's product in float32
-                self.weight.addmm_(logits_grad.t().float(), hidden_chunk.float())
+            else:  # low precision: the matmul in the compute dtype, summed into float32 by blocks
+                for low in range(0, logits_grad.shape[1], _WEIGHT_GRAD_BLOCK):
+                    high = low + _WEIGHT_GRAD_BLOCK
+                    self.weight[low:high] += torch.mm(logits_grad[:, low:high].t(), hidden_chunk)
         if self.bias is not None:
-            self.bias += logits_grad.float().sum(0)
+            self.bias += logits_grad.sum(0, dtype=torch.float32)
 
     def finish(self, denominator: int):
         """Divide once by the token count and cast back to the input dtypes."""
@@ -192,14 +312,25 @@ def _cast(tensor, dtype: torch.dtype):
     return None if tensor is None else tensor.to(dtype)
 
 
-def _resolve_loss(loss, loss_params: dict):
+def _compile_mode(compile) -> str:
+    """"auto" | "true" | "false" from the argument (bools accepted)."""
+    mode = ("true" if compile else "false") if isinstance(compile, bool) else compile
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile={compile!r} is invalid; choose auto, true or false "
+                         "(loss.compile in the config).")
+    return mode
+
+
+def _resolve_loss(loss, loss_params: dict, mode: str):
     if isinstance(loss, str):
-        return get_loss(loss, **loss_params)
+        if loss not in LOSS_NAMES:
+            raise ValueError(f"loss={loss!r} is unknown; choose one of {', '.join(LOSS_NAMES)}.")
+        return _KernelBody(get_loss_kernel(loss, **loss_params), mode)
     if callable(loss):
         if loss_params:
             raise ValueError(f"loss is a callable, so loss_params {sorted(loss_params)} cannot be "
                              "applied; bind them with functools.partial or pass a loss name.")
-        return loss
+        return _AutogradBody(loss)
     raise ValueError(f"loss={loss!r} must be a registry name (see LOSS_NAMES) or a callable.")
 
 

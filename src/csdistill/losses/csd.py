@@ -13,16 +13,17 @@ Gradient w.r.t. the student logits with the weights held constant (detached), δ
 
     ∂L/∂s_k = w1_k (r_k − E_w2 r) + w2_k (r_k − E_w1 r) = (w1_k + w2_k) c_k − w1_k δ
 
-The teacher never receives gradient. A custom autograd Function computes that gradient during
-the forward pass (only when the student requires grad) and stores it alone, instead of autograd's
-several V-sized intermediates; backward just scales it. Double backward is not supported.
+The teacher never receives gradient. ``csd_kernel`` computes that gradient during the forward
+pass (only when the student requires grad); ``ops.closed_form_loss`` stores it alone, instead of
+autograd's several V-sized intermediates, and backward just scales it. Double backward is not
+supported.
 """
 from __future__ import annotations
 
 import torch
 
 from csdistill.losses.checks import check_choice, check_logits, check_positive, check_unit_interval
-from csdistill.losses.ops import row_dot
+from csdistill.losses.ops import closed_form_loss, row_dot
 
 WEIGHT_CODES = ("S", "T", "U", "M")  # student, teacher, uniform, mixture α·T + (1−α)·S
 WEIGHTINGS = tuple(a + b for a in WEIGHT_CODES for b in WEIGHT_CODES)  # all 16 (w1, w2) pairs
@@ -45,35 +46,22 @@ def csd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, weighting: s
     check_positive("temperature", temperature, "csd")
     check_unit_interval("mix_alpha", mix_alpha, "csd")
     masked = check_logits(student_logits, teacher_logits)  # None or (..., V) bool
-    need_grad = torch.is_grad_enabled() and student_logits.requires_grad
-    return _CSDFunction.apply(student_logits, teacher_logits.detach(), weighting,
-                              float(temperature), float(mix_alpha), masked, need_grad)
+    return closed_form_loss(csd_kernel, student_logits, teacher_logits, masked,
+                            weighting=weighting, temperature=float(temperature),
+                            mix_alpha=float(mix_alpha))
 
 
-class _CSDFunction(torch.autograd.Function):
-    """Closed-form CSD value; the exact detached-weight gradient is computed in forward."""
-
-    @staticmethod
-    def forward(ctx, student_logits, teacher_logits, weighting, temperature, mix_alpha, masked,
-                need_grad):
-        student = student_logits.float()  # (..., V)
-        teacher = teacher_logits.float()  # (..., V)
-        residual = student - teacher  # (..., V), owned: modified in place below
-        if masked is not None:
-            residual.masked_fill_(masked, 0.0)  # -inf − -inf = NaN → outside the support
-        weights = _weights(set(weighting), student, teacher, temperature, mix_alpha, masked)
-        loss, grad = _closed_form(residual, weights[weighting[0]], weights[weighting[1]],
-                                  same=weighting[0] == weighting[1], need_grad=need_grad)
-        if need_grad:
-            ctx.input_dtype = student_logits.dtype
-            ctx.save_for_backward(grad)
-        return loss  # (...)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors  # (..., V) float32
-        grad_student = (grad * grad_output.unsqueeze(-1)).to(ctx.input_dtype)
-        return grad_student, None, None, None, None, None, None
+def csd_kernel(student_logits, teacher_logits, masked, need_grad: bool, weighting: str = "SS",
+               temperature: float = 1.0, mix_alpha: float = 0.15):
+    """Unchecked CSD: (L (...), ∂L/∂s (..., V) or None), both float32 (see ops.closed_form_loss)."""
+    student = student_logits.float()  # (..., V)
+    teacher = teacher_logits.float()  # (..., V)
+    residual = student - teacher  # (..., V), owned: modified in place below
+    if masked is not None:
+        residual.masked_fill_(masked, 0.0)  # -inf − -inf = NaN → outside the support
+    weights = _weights(set(weighting), student, teacher, temperature, mix_alpha, masked)
+    return _closed_form(residual, weights[weighting[0]], weights[weighting[1]],
+                        same=weighting[0] == weighting[1], need_grad=need_grad)
 
 
 def _weights(codes: set, student, teacher, temperature: float, mix_alpha: float, masked) -> dict:

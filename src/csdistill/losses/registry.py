@@ -12,7 +12,8 @@ from typing import Callable
 
 import torch
 
-from csdistill.losses.csd import csd
+from csdistill.losses import divergences as div
+from csdistill.losses.csd import csd, csd_kernel
 from csdistill.losses.divergences import (ab_divergence, dld, forward_kl, generalized_jsd,
                                           jeffreys, reverse_kl, skew_forward_kl,
                                           skew_reverse_kl, symmetric_kl, tvd)
@@ -31,6 +32,13 @@ _LOSSES: dict[str, Callable] = {
     "dld": dld,
 }
 LOSS_NAMES: tuple[str, ...] = tuple(_LOSSES)
+# The unchecked (loss, exact gradient) kernel behind each public function (ops.closed_form_loss).
+_KERNELS: dict[str, Callable] = {
+    "csd": csd_kernel, "fkl": div.forward_kl_kernel, "rkl": div.reverse_kl_kernel,
+    "skl": div.skew_forward_kl_kernel, "srkl": div.skew_reverse_kl_kernel,
+    "jsd": div.generalized_jsd_kernel, "tvd": div.tvd_kernel, "sym_kl": div.symmetric_kl_kernel,
+    "jeffreys": div.jeffreys_kernel, "ab": div.ab_kernel, "dld": div.dld_kernel,
+}
 
 
 def _lookup(name: str) -> Callable:
@@ -60,3 +68,19 @@ def get_loss(name: str, **params) -> Callable[[torch.Tensor, torch.Tensor], torc
     with torch.no_grad():
         bound(torch.zeros(1, 2), torch.zeros(1, 2))  # runs the function's own parameter checks
     return bound
+
+
+def get_loss_kernel(name: str, **params) -> Callable:
+    """The checked loss's kernel with every parameter bound (defaults included):
+    ``kernel(student_logits, teacher_logits, masked, need_grad) -> (loss (...), grad (..., V))``.
+
+    Parameters are validated as by :func:`get_loss`; the kernel itself checks nothing (the fused
+    engine checks the logits of each chunk, see chunked.py).
+    """
+    get_loss(name, **params)  # validates the name and the parameters
+    bound = inspect.signature(_LOSSES[name]).bind(None, None, **params)
+    bound.apply_defaults()
+    full = {key: value for key, value in list(bound.arguments.items())[2:]}
+    full = {key: float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+            for key, value in full.items()}  # kernels see floats, as the public functions pass them
+    return functools.partial(_KERNELS[name], **full)
