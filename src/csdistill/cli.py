@@ -88,12 +88,10 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return quickstart_command(args)
 
 
-# --- compare (issue 11) ---
 def _cmd_compare(args: argparse.Namespace) -> int:
     from csdistill.compare import compare_command
 
     return compare_command(args)
-# --- end compare ---
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,18 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_extra(i, "csdistill.evaluate.importers")
     _add_generated_data_commands(data_sub)
 
-    # ---- teacher utilities (issue 9): the top-k teacher cache and the vLLM converter ----
-    p = sub.add_parser("teacher", help="teacher utilities: a top-k teacher cache (`teacher cache`), vLLM conversion")
-    teacher_sub = p.add_subparsers(dest="teacher_command", required=True)
-    for name, module, add, run, text in (
-            ("cache", "runner", "add_cache_arguments", "cache_command", "run the teacher once; store its top-k"),
-            ("vllm-requests", "vllm", "add_request_arguments", "requests_command",
-             "write the prompt_logprobs requests for a vLLM server"),
-            ("from-vllm", "vllm", "add_convert_arguments", "convert_command",
-             "convert vLLM prompt_logprobs responses into a top-k cache")):
-        t = teacher_sub.add_parser(name, help=text)
-        _teacher_command(t, f"csdistill.cache.{module}", add, run)
-    # ---- end teacher utilities ----
+    _add_teacher_commands(sub)
 
     p = sub.add_parser("quickstart", help="the whole pipeline on the built-in suite (no network)")
     p.set_defaults(func=_cmd_quickstart)
@@ -163,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ----------------------------------------------------------------- issue 10: real models, students, prompts
+# ------------------------------------------------- subcommands whose arguments live in their own modules
 
 
 def _module_command(module: str, function: str) -> Callable:
@@ -204,12 +191,21 @@ def _add_generated_data_commands(data_sub) -> None:
     r.set_defaults(func=_module_command("csdistill.responses", "respond_command"))
 
 
-def _teacher_command(parser: argparse.ArgumentParser, module: str, add: str, run: str) -> None:
+def _add_teacher_commands(sub) -> None:
+    """`teacher cache` (a top-k teacher cache for train.teacher_cache) and the vLLM request writer / converter."""
     import importlib
 
-    mod = importlib.import_module(module)
-    getattr(mod, add)(parser)
-    parser.set_defaults(func=getattr(mod, run))
+    p = sub.add_parser("teacher", help="teacher utilities: a top-k teacher cache (`teacher cache`), vLLM conversion")
+    teacher_sub = p.add_subparsers(dest="teacher_command", required=True)
+    for name, module, add, run, text in (
+            ("cache", "runner", "add_cache_arguments", "cache_command", "run the teacher once; store its top-k"),
+            ("vllm-requests", "vllm", "add_request_arguments", "requests_command",
+             "write the prompt_logprobs requests for a vLLM server"),
+            ("from-vllm", "vllm", "add_convert_arguments", "convert_command",
+             "convert vLLM prompt_logprobs responses into a top-k cache")):
+        t = teacher_sub.add_parser(name, help=text)
+        getattr(importlib.import_module(f"csdistill.cache.{module}"), add)(t)
+        t.set_defaults(func=_module_command(f"csdistill.cache.{module}", run))
 
 
 def _register_extra(parser: argparse.ArgumentParser, module: str) -> None:
@@ -225,7 +221,7 @@ def _register_extra(parser: argparse.ArgumentParser, module: str) -> None:
         add(parser)
 
 
-# ---- error boundary (issue 13): user errors are one line, tracebacks only on request
+# ---- error boundary: user errors are one line, tracebacks only on request
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A user error (csdistill.errors.is_user_error), a full or read-only disk and
     Ctrl-C each print one line (exit 2, 2, 130); --debug (anywhere) or CSDISTILL_DEBUG=1 re-raises them
