@@ -19,12 +19,11 @@ from typing import Callable
 
 import torch
 
-from csdistill.config import Config
-from csdistill.config import ConfigError
+from csdistill.config import Config, ConfigError
 from csdistill.losses import cross_entropy, fused_linear_distill
 from csdistill.losses.chunked import fused_linear_sparse_distill
-from csdistill.losses.sparse import SparseTeacher
 from csdistill.losses.reduce import count_valid, shift_labels, token_mean, valid_mask
+from csdistill.losses.sparse import SparseTeacher
 from csdistill.train.teacher_cache import TeacherCache
 
 
@@ -128,7 +127,8 @@ def _fused_distill_term(objective: Objective, student, teacher, batch: dict, num
         # The engine computes its chunk matmuls in the dtype autocast picks (losses/chunked.compute_dtype).
         distill = fused_linear_distill(
             hidden, weight[:V], t_hidden, t_weight[:V], labels, loss=objective.cfg.loss.name,
-            chunk_size=objective.cfg.loss.chunk_size or None, compile=objective.cfg.loss.compile, student_bias=None if bias is None else bias[:V],
+            chunk_size=objective.cfg.loss.chunk_size or None, compile=objective.cfg.loss.compile,
+            student_bias=None if bias is None else bias[:V],
             teacher_bias=None if t_bias is None else t_bias[:V], num_valid_tokens=num_valid, **objective.loss_params)
     return _with_ce(objective, kd_ratio * scale * distill, hidden, weight, bias, labels, num_valid, kd_ratio)
 
