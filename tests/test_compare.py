@@ -62,6 +62,22 @@ def test_every_loss_and_seed_trains_from_the_same_start_and_is_tabled(compared):
     assert (out / "report" / "training_curves.png").is_file()
 
 
+def test_the_report_says_which_differences_are_outside_the_noise(compared):
+    _, out = compared
+    numbers = json.loads((out / "report" / "compare.json").read_text())["noise"]
+    assert set(numbers) == {"test ROUGE-L (greedy)", "test ROUGE-L (sampled)"}
+    column = numbers["test ROUGE-L (sampled)"]
+    assert set(column["means"]) == {"start", "sft", "csd_SS"}  # the teacher is no contender
+    assert column["best"] == max(column["means"], key=column["means"].get)
+    table = json.loads((out / "report" / "compare.json").read_text())["rows"]
+    assert column["means"]["csd_SS"] == pytest.approx(table["CSD (SS)"]["test ROUGE-L ↑ (sampled)"][0])
+    pair = column["pairs"]["sft"]["csd_SS"]
+    assert pair["delta"] == pytest.approx(column["means"]["sft"] - column["means"]["csd_SS"])
+    assert pair["low"] <= pair["delta"] <= pair["high"]
+    report = (out / "report" / "report.md").read_text()
+    assert "## Which differences are outside the noise" in report and "best (" in report
+
+
 def test_rerun_reuses_and_a_changed_lr_retrains_only_that_loss(compared, capsys):
     config, out = compared
     capsys.readouterr()

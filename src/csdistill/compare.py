@@ -203,6 +203,10 @@ class Row:
     models: dict[int | None, Path]  # seed (None: a model not trained per seed) -> model folder
     results: dict[str, list[dict]] = field(default_factory=dict)  # decode -> one results dict per model
 
+    def folder(self, seed: int | None) -> str:
+        """The model's evaluation folder under eval/<decode>/."""
+        return self.name if seed is None else f"{self.name}_seed{seed}"
+
 
 def eval_config(base: Sequence[str], decode: str, extra: Sequence[str] = ()) -> Config:
     """The evaluation settings of one decoding: the base config's data/generation/eval settings."""
@@ -232,9 +236,8 @@ def evaluate_rows(rows: list[Row], teacher_path: str, sets: dict | list, cfgs: d
         model = teacher if same else load_model(str(path)).eval().to(device)
         tokenizer = load_tokenizer(str(path), fallback=teacher_path)
         _, train_cfg = resolve_model_dir(str(path))  # the config saved beside the model: labels the run
-        folder = row.name if seed is None else f"{row.name}_seed{seed}"
         for decode, cfg in cfgs.items():
-            result = evaluate_model(model, tokenizer, sets, cfg, teacher=teacher, out_dir=out / decode / folder,
+            result = evaluate_model(model, tokenizer, sets, cfg, teacher=teacher, out_dir=out / decode / row.folder(seed),
                                     progress=False, command=command, model_name=str(path), teacher_name=teacher_path,
                                     label=row.label, train_cfg=train_cfg)
             row.results.setdefault(decode, []).append(result)
@@ -352,6 +355,77 @@ def comparison_table(rows: list[Row], decodes: Sequence[str]) -> tuple[str, dict
     return markdown_table([row.label for row in rows], rows, columns), numbers
 
 
+def headline_scores(rows: list[Row], decodes: Sequence[str], records: dict[str, list[dict]],
+                    eval_dir: Path) -> dict[tuple[str, str, str], dict[str, "torch.Tensor"]]:
+    """{(decode, set, metric): {row name: (seeds, examples) per-example scores}} from the saved generations;
+    metric: exact_match on exact-checked records, rouge_l on free-text sets (see evaluate/significance.py)."""
+    import torch
+
+    from csdistill.evaluate.significance import example_scores, read_predictions
+
+    out: dict = {}
+    for decode in decodes:
+        for row in rows:
+            per_seed: dict[tuple[str, str], list] = {}
+            for seed, result in zip(row.models, row.results[decode]):
+                folder = eval_dir / decode / row.folder(seed)
+                for name, set_result in result["sets"].items():
+                    passes = [read_predictions(folder / f, len(records[name])) for f in set_result["generations"]]
+                    scores = example_scores(passes, records[name])
+                    if not is_free_text(set_result):
+                        scores.pop("rouge_l", None)
+                    for metric, values in scores.items():
+                        per_seed.setdefault((name, metric), []).append(values)
+            for (name, metric), values in per_seed.items():
+                out.setdefault((decode, name, metric), {})[row.name] = torch.stack(values)
+    return out
+
+
+METRIC_LABEL = {"exact_match": "EM", "rouge_l": "ROUGE-L"}
+
+
+def noise_analysis(rows: list[Row], scores: dict, labels: dict[str, str]) -> tuple[str, dict]:
+    """(markdown, numbers): per headline column, every student row against the best one and every pair,
+    with paired-bootstrap 95 % intervals (evaluate/significance.py). The teacher is no contender (the
+    references are its own answers)."""
+    from csdistill.evaluate.significance import bootstrap_difference, format_difference
+
+    contenders = [row.name for row in rows if row.name != "teacher"]
+    columns, numbers = [], {}
+    for index, ((decode, name, metric), by_row) in enumerate(scores.items()):
+        names = [n for n in contenders if n in by_row]
+        if len(names) < 2:
+            continue
+        means = {n: float(by_row[n].mean()) for n in names}
+        best = max(names, key=lambda n: means[n])
+        pairs = {a: {b: bootstrap_difference(by_row[a], by_row[b], seed=1000 * index + i * len(names) + j)
+                     for j, b in enumerate(names) if b != a} for i, a in enumerate(names)}
+        title = f"{name} {METRIC_LABEL[metric]} ({decode})"
+        columns.append((title, best, means, pairs))
+        numbers[title] = {"best": best, "means": means, "pairs": pairs}
+    if not columns:
+        return "", {}
+    lines = ["Difference from the best row per column, with its paired-bootstrap 95 % interval over test prompts "
+             "and training seeds; **bold**: the interval excludes 0 (behind the best beyond the noise), plain: "
+             "inside the noise.", "",
+             "| run | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for n in contenders:
+        cells = []
+        for _, best, means, pairs in columns:
+            if n not in means:
+                cells.append("–")
+            else:
+                cells.append(f"best ({means[n]:.1f})" if n == best else format_difference(pairs[n][best]))
+        lines.append(f"| {labels.get(n, n)} | " + " | ".join(cells) + " |")
+    for title, _, means, pairs in columns:
+        order = sorted(means, key=lambda n: -means[n])
+        lines += ["", f"**{title}**, row minus column (95 % interval; bold: excludes 0):", "",
+                  "| | " + " | ".join(labels.get(n, n) for n in order) + " |", "|---" * (len(order) + 1) + "|"]
+        lines += [f"| {labels.get(a, a)} ({means[a]:.1f}) | " +
+                  " | ".join("" if a == b else format_difference(pairs[a][b]) for b in order) + " |" for a in order]
+    return "\n".join(lines), numbers
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -410,6 +484,15 @@ def sweep_lrs(specs, grid, base, base_cfg, layout: Layout, inputs: str, slots, s
     for name, s in scores.items():
         print(f"[compare] lr sweep {name}: " + ", ".join(f"{lr:g} -> {v:.2f}" for lr, v in s.items()) + f"; best {best[name]:g}")
     return best
+
+
+def load_test_records(sets, base: Sequence[str], teacher: str) -> dict[str, list[dict]]:
+    """{set: records} as evaluation loaded them (eval.max_examples, the teacher's tokenizer for chat records)."""
+    from csdistill.evaluate.runner import load_sets
+    from csdistill.models import load_tokenizer
+
+    cfg = load_config(None, list(base))
+    return load_sets(sets, cfg.eval.max_examples, cfg.data.skip_bad_records, load_tokenizer(teacher))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -475,6 +558,8 @@ def compare(base: Sequence[str], specs: Sequence[RunSpec], seeds: Sequence[int],
     seconds["total"] = time.perf_counter() - t0
 
     table, numbers = comparison_table(rows, decodes)
+    noise, noise_numbers = noise_analysis(rows, headline_scores(rows, decodes, load_test_records(test_sets, base, teacher),
+                                                                layout.eval), labels)
     shown = "sampled" if "sampled" in decodes else decodes[0]  # the fidelity-diversity plot wants samples
     flat = [(row, seed, r) for row in rows for seed, r in zip(row.models, row.results[shown])]
     report_labels = [row.label if seed is None or len(seeds) == 1 else f"{row.label} · seed {seed}" for row, seed, _ in flat]
@@ -485,13 +570,14 @@ def compare(base: Sequence[str], specs: Sequence[RunSpec], seeds: Sequence[int],
     head = [f"# {title}", "", *intro, "",
             "Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) +
             f" ({len(available_cores())} cores, {len(slots)} runs at once).", "",
-            "## Comparison", "", caption, "", table, "", lr_line, "", notes, "", "---", ""]
+            "## Comparison", "", caption, "", table, "", lr_line, "", notes, "",
+            *(["## Which differences are outside the noise", "", noise, ""] if noise else []), "---", ""]
     report.write_text("\n".join(head) + report.read_text())
     _write_atomic(layout.report / "compare.json", json.dumps(
         {"command": command, "seeds": list(seeds), "decodes": list(decodes), "lrs": chosen, "seconds": seconds,
-         "rows": numbers}, indent=1))
+         "rows": numbers, "noise": noise_numbers}, indent=1))
     return {"rows": rows, "results": [r for _, _, r in flat], "table": table, "numbers": numbers, "report": report,
-            "lrs": chosen, "seconds": seconds}
+            "lrs": chosen, "seconds": seconds, "noise": noise, "noise_numbers": noise_numbers}
 
 
 SFT_LABEL = "SFT on the data's responses (SeqKD)"  # the base config's responses: the teacher's, for SeqKD
