@@ -356,7 +356,7 @@ def comparison_table(rows: list[Row], decodes: Sequence[str]) -> tuple[str, dict
 
 
 def headline_scores(rows: list[Row], decodes: Sequence[str], records: dict[str, list[dict]],
-                    eval_dir: Path) -> dict[tuple[str, str, str], dict[str, "torch.Tensor"]]:
+                    eval_dir: Path) -> dict[tuple[str, str, str], dict]:
     """{(decode, set, metric): {row name: (seeds, examples) per-example scores}} from the saved generations;
     metric: exact_match on exact-checked records, rouge_l on free-text sets (see evaluate/significance.py)."""
     import torch
