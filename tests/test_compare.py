@@ -153,3 +153,33 @@ def test_real_model_config_names_the_pipeline_commands():
     cfg = load_config(path)
     assert cfg.eval.sets and cfg.data.validation_file and cfg.train.max_steps > 0 and len(cfg.eval.seeds) == 5
     assert parse_losses("sft,fkl,rkl,srkl,csd:SS,csd:TS,csd:US")  # the header's --losses parse
+
+
+def test_noise_analysis_reads_the_saved_generations_and_marks_a_real_gap(tmp_path):
+    """Two rows × two seeds on 30 prompts: one answers every prompt right, one half of them; plus a tie."""
+    from csdistill.compare import Row, headline_scores, noise_analysis
+    from csdistill.evaluate.runner import write_generations
+
+    records = [{"instruction": f"q{i}", "response": f"alpha beta {i}", "task": "gsm8k", "answer": str(i)}
+               for i in range(30)]
+    refs = [[r["response"]] for r in records]
+    right = [f"#### {i}" for i in range(30)]
+    half = [f"#### {i if i % 2 else -1}" for i in range(30)]
+    rows = [Row("good", "Good", {0: tmp_path, 1: tmp_path}), Row("half", "Half", {0: tmp_path, 1: tmp_path}),
+            Row("twin", "Twin", {0: tmp_path, 1: tmp_path}), Row("teacher", "teacher", {None: tmp_path})]
+    for row, preds in zip(rows, (right, half, right, right)):
+        for seed in row.models:
+            folder = tmp_path / "eval" / "greedy" / row.folder(seed)
+            write_generations(folder / "generations" / "test.greedy.jsonl", "k", ["p"] * 30, preds, refs)
+            row.results.setdefault("greedy", []).append(
+                {"sets": {"test": {"generations": ["generations/test.greedy.jsonl"], "n_examples": 30,
+                                   "exact_match": {"n": 30}, "rouge_l": {"mean": 0.0}}}})
+    scores = headline_scores(rows, ["greedy"], {"test": records}, tmp_path / "eval")
+    assert set(scores) == {("greedy", "test", "exact_match")}  # every record exact-checked: no ROUGE-L column
+    assert scores["greedy", "test", "exact_match"]["half"].shape == (2, 30)
+    text, numbers = noise_analysis(rows, scores, {"good": "Good", "half": "Half", "twin": "Twin"})
+    column = numbers["test EM (greedy)"]
+    assert column["means"] == {"good": 100.0, "half": 50.0, "twin": 100.0} and column["best"] in ("good", "twin")
+    assert column["pairs"]["half"]["good"]["separated"] and column["pairs"]["half"]["good"]["delta"] == -50.0
+    assert not column["pairs"]["twin"]["good"]["separated"]
+    assert "| Half | **-50.0 [" in text and "teacher" not in text
