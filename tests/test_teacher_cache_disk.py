@@ -184,6 +184,15 @@ def test_bf16_teacher_cache_trains(toy, tmp_path):  # noqa: F811
     assert result.loss is not None and result.loss == result.loss  # finite, not NaN
 
 
+@pytest.mark.parametrize("extra", [(), ("loss.fused=true",), ("loss.name=fkl", "loss.weighting=")])
+def test_bf16_student_trains_from_an_fp16_cache(toy, tmp_path, extra):  # noqa: F811
+    """The cache's fp16 rows under a bf16 student's CPU autocast (their concatenation failed there)."""
+    _cache(toy, tmp_path / "fp16", 8, dtype="fp16")
+    bf16 = _train_from(toy, tmp_path / "fp16", tmp_path / "bf16", "model.precision=bf16", "train.max_steps=2", *extra)
+    fp32 = _train_from(toy, tmp_path / "fp16", tmp_path / "fp32", "train.max_steps=2", *extra)
+    assert bf16.loss == bf16.loss and bf16.loss == pytest.approx(fp32.loss, rel=0.05)
+
+
 def test_seqkd_with_teacher_responses_trains_from_the_cache(toy, tmp_path):  # noqa: F811
     records = [json.loads(line) for line in (toy / "train.jsonl").read_text().splitlines()]
     responses = tmp_path / "teacher_responses.jsonl"

@@ -42,7 +42,10 @@ def example_key(example: dict) -> bytes:
 
 
 def _cat(parts: list):
-    return SparseTeacher.cat(parts) if isinstance(parts[0], SparseTeacher) else torch.cat(parts)
+    """Stored rows, concatenated as stored: outside autocast, whose type promotion rejects the cache's
+    fp16 values under a bf16 student's CPU autocast ("Unexpected floating ScalarType")."""
+    with torch.autocast("cpu", enabled=False):
+        return SparseTeacher.cat(parts) if isinstance(parts[0], SparseTeacher) else torch.cat(parts)
 
 
 class TeacherCache:
