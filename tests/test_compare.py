@@ -1,6 +1,7 @@
 """`csdistill compare` end to end on tiny models: runs, table, report, reuse on rerun, flag errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -183,3 +184,26 @@ def test_noise_analysis_reads_the_saved_generations_and_marks_a_real_gap(tmp_pat
     assert column["pairs"]["half"]["good"]["separated"] and column["pairs"]["half"]["good"]["delta"] == -50.0
     assert not column["pairs"]["twin"]["good"]["separated"]
     assert "| Half | **-50.0 [" in text and "teacher" not in text
+
+
+def test_evaluation_workers_fill_what_the_sequential_pass_then_reuses(tmp_path, capsys):
+    """Two pinned worker processes evaluate the models; the in-process pass finds every set finished."""
+    from csdistill.compare import Row, base_overrides, eval_config, evaluate_in_workers, evaluate_rows
+
+    config = _base_config(tmp_path)
+    base = base_overrides(load_config(config))
+    cfgs = {d: eval_config(base, d) for d in ("greedy", "sampled")}
+    teacher, student = str(tmp_path / "teacher"), tmp_path / "student"
+    sets = [str(tmp_path / "test.jsonl")]
+
+    def rows():
+        return [Row("teacher", "teacher", {None: Path(teacher)}), Row("start", "start", {0: student, 1: student})]
+
+    evaluate_in_workers(rows(), teacher, sets, cfgs, tmp_path / "eval", [[0], [0]], "test", progress=False)
+    logs = [(tmp_path / "eval" / f"worker-{k}.log").read_text() for k in (0, 1)]
+    assert [log.count("[worker] done") for log in logs] == [2, 1]  # three models dealt out in turn
+    capsys.readouterr()
+    filled = rows()
+    evaluate_rows(filled, teacher, sets, cfgs, tmp_path / "eval", 1, False, "test")
+    assert capsys.readouterr().out.count("finished results found") == 6  # 3 models x 2 decodings, none redone
+    assert len(filled[1].results["sampled"]) == 2 and filled[0].results["greedy"][0]["sets"]["test"]["rouge_l"]

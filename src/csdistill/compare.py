@@ -22,8 +22,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shlex
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +34,7 @@ from typing import Callable, Sequence
 
 from csdistill.config import Config, ConfigError, load_config, to_dict
 from csdistill.files import file_sha256
-from csdistill.jobs import Job, available_cores, core_slots, run_jobs
+from csdistill.jobs import CompareError, Job, available_cores, core_slots, run_jobs
 
 SWEEP_SEED = 100  # the lr sweep trains at its own seed, so the table's seeds stay held out from the choice
 DECODES = ("greedy", "sampled")
@@ -216,10 +219,15 @@ def eval_config(base: Sequence[str], decode: str, extra: Sequence[str] = ()) -> 
 
 
 def evaluate_rows(rows: list[Row], teacher_path: str, sets: dict | list, cfgs: dict[str, Config], out: Path,
-                  threads: int, progress: bool, command: str) -> None:
+                  threads: int, progress: bool, command: str, slots: list[list[int]] | None = None) -> None:
     """Evaluate every model of every row with each decoding's config (fills row.results); the teacher is
-    loaded once. Finished sets on disk with the same weights and settings are reused (evaluate_model)."""
+    loaded once. Finished sets on disk with the same weights and settings are reused (evaluate_model).
+    slots: CPU core groups; with more than one (and no GPU) the models are first evaluated in that many
+    pinned worker processes (evaluate_in_workers), and this process only reads what they wrote."""
     import torch
+
+    if slots and len(slots) > 1 and not torch.cuda.is_available():
+        evaluate_in_workers(rows, teacher_path, sets, cfgs, out, slots, command, progress)
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
 
@@ -242,6 +250,72 @@ def evaluate_rows(rows: list[Row], teacher_path: str, sets: dict | list, cfgs: d
                                     label=row.label, train_cfg=train_cfg)
             row.results.setdefault(decode, []).append(result)
         del model
+
+
+WORKER_FLAG = "--evaluate-worker"
+
+
+def evaluate_in_workers(rows: list[Row], teacher_path: str, sets: dict | list, cfgs: dict[str, Config], out: Path,
+                        slots: list[list[int]], command: str, progress: bool) -> float:
+    """Evaluate the rows' models in len(slots) processes at once, each pinned to one slot's cores with one
+    thread per core, the models dealt out in turn (`python -m csdistill.compare --evaluate-worker SPEC`).
+    Decoding small batches scales better over processes than over threads. Returns seconds."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    models = [(row, seed, path) for row in rows for seed, path in row.models.items()]
+    out.mkdir(parents=True, exist_ok=True)
+    named = {k: str(v) if isinstance(v, Path) else v for k, v in sets.items()} if isinstance(sets, dict) else None
+    spec_common = {"teacher": str(teacher_path), "sets": named if named is not None else [str(s) for s in sets],
+                   "cfgs": {d: base_overrides(cfg) for d, cfg in cfgs.items()}, "out": str(out), "command": command}
+    workers = []
+    for k, cores in enumerate(slots):
+        mine = models[k::len(slots)]
+        if not mine:
+            continue
+        spec = {**spec_common, "models": [{"name": r.name, "label": r.label, "seed": seed, "path": str(path)}
+                                          for r, seed, path in mine]}
+        spec_path, log_path = out / f"worker-{k}.json", out / f"worker-{k}.log"
+        spec_path.write_text(json.dumps(spec, indent=1))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "OMP_NUM_THREADS": str(len(cores))}
+        pinned = set(cores)
+        log = log_path.open("w")
+        process = subprocess.Popen([sys.executable, "-m", "csdistill.compare", WORKER_FLAG, str(spec_path)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   preexec_fn=(lambda c=pinned: os.sched_setaffinity(0, c))
+                                   if hasattr(os, "sched_setaffinity") else None)
+        workers.append((process, log, log_path, len(mine)))
+    bar = tqdm(total=len(models), desc=f"evaluate ({len(workers)} processes)", unit="model", disable=not progress)
+    try:
+        while any(p.poll() is None for p, *_ in workers):
+            time.sleep(1.0)
+            bar.n = sum(log_path.read_text(errors="replace").count("[worker] done ") for _, _, log_path, _ in workers)
+            bar.refresh()
+    except BaseException:
+        for process, *_ in workers:
+            process.kill()
+        raise
+    finally:
+        bar.close()
+        for _, log, *_ in workers:
+            log.close()
+    for process, _, log_path, _ in workers:
+        if process.returncode != 0:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+            raise CompareError(f"evaluation worker failed (exit {process.returncode}); log: {log_path}\n{tail}")
+    return time.perf_counter() - t0
+
+
+def _evaluation_worker(spec_path: str) -> None:
+    """One worker of evaluate_in_workers: evaluate its models into the shared folders."""
+    spec = json.loads(Path(spec_path).read_text())
+    cfgs = {d: load_config(None, overrides) for d, overrides in spec["cfgs"].items()}
+    for m in spec["models"]:
+        row = Row(m["name"], m["label"], {m["seed"]: Path(m["path"])})
+        evaluate_rows([row], spec["teacher"], spec["sets"], cfgs, Path(spec["out"]), len(available_cores()), False,
+                      spec["command"])
+        print(f"[worker] done {row.folder(m['seed'])}", flush=True)
 
 
 # --------------------------------------------------------------------------- the table
@@ -472,7 +546,7 @@ def sweep_lrs(specs, grid, base, base_cfg, layout: Layout, inputs: str, slots, s
             for lr, jobs in by_lr.items() for spec in specs]
     cfg = eval_config(base, decode)
     evaluate_rows(rows, base_cfg.teacher.name_or_path, sets, {decode: cfg}, layout.sweep / "eval", threads, progress,
-                  "csdistill compare --lr-sweep")
+                  "csdistill compare --lr-sweep", slots)
     scores = {spec.name: {} for spec in specs}
     for row in rows:
         lr, name = row.name.split("/")
@@ -553,7 +627,7 @@ def compare(base: Sequence[str], specs: Sequence[RunSpec], seeds: Sequence[int],
     rows = [Row(b, labels[b], {None: Path(teacher if b == "teacher" else base_cfg.model.name_or_path)}) for b in baselines]
     rows += [Row(s.name, labels[s.name], {seed: runs[s, seed].model_path.resolve() for seed in seeds}) for s in specs]
     cfgs = {d: eval_config(base, d, eval_overrides) for d in decodes}
-    evaluate_rows(rows, teacher, test_sets, cfgs, layout.eval, threads, progress, command)
+    evaluate_rows(rows, teacher, test_sets, cfgs, layout.eval, threads, progress, command, slots)
     seconds["evaluation"] = time.perf_counter() - t1
     seconds["total"] = time.perf_counter() - t0
 
@@ -640,3 +714,10 @@ def print_summary(summary: dict) -> None:
     print()
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items()))
     print(f"report: {summary['report']}")
+
+
+if __name__ == "__main__":  # the evaluation worker (evaluate_in_workers)
+    if len(sys.argv) == 3 and sys.argv[1] == WORKER_FLAG:
+        _evaluation_worker(sys.argv[2])
+    else:
+        sys.exit(f"usage: python -m csdistill.compare {WORKER_FLAG} SPEC.json (internal; use `csdistill compare`)")
