@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ from typing import Callable, Sequence
 
 from csdistill.config import Config, ConfigError, load_config, to_dict
 from csdistill.files import file_sha256
-from csdistill.jobs import CompareError, Job, available_cores, core_slots, run_jobs
+from csdistill.jobs import CompareError, Job, available_cores, core_slots, pinned_process, run_jobs
 
 SWEEP_SEED = 100  # the lr sweep trains at its own seed, so the table's seeds stay held out from the choice
 DECODES = ("greedy", "sampled")
@@ -277,14 +275,8 @@ def evaluate_in_workers(rows: list[Row], teacher_path: str, sets: dict | list, c
                                           for r, seed, path in mine]}
         spec_path, log_path = out / f"worker-{k}.json", out / f"worker-{k}.log"
         spec_path.write_text(json.dumps(spec, indent=1))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "OMP_NUM_THREADS": str(len(cores))}
-        pinned = set(cores)
         log = log_path.open("w")
-        process = subprocess.Popen([sys.executable, "-m", "csdistill.compare", WORKER_FLAG, str(spec_path)],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   preexec_fn=(lambda c=pinned: os.sched_setaffinity(0, c))
-                                   if hasattr(os, "sched_setaffinity") else None)
+        process = pinned_process(["-m", "csdistill.compare", WORKER_FLAG, str(spec_path)], cores, log)
         workers.append((process, log, log_path, len(mine)))
     bar = tqdm(total=len(models), desc=f"evaluate ({len(workers)} processes)", unit="model", disable=not progress)
     try:

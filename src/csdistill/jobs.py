@@ -103,13 +103,8 @@ class Job:
         self.clear()
         self.out.mkdir(parents=True)
         self.log = (self.out / "train.log").open("w")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "OMP_NUM_THREADS": str(max(1, len(self.cores)))}
-        cores = set(self.cores)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "csdistill.cli", "train", "--config", str(self.config_path)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores and hasattr(os, "sched_setaffinity") else None)
+        self.process = pinned_process(["-m", "csdistill.cli", "train", "--config", str(self.config_path)],
+                                      self.cores, self.log)
 
     def finish(self) -> None:
         """After the process exited: raise with the log's tail on failure, else write the stamp."""
@@ -121,6 +116,16 @@ class Job:
         tmp = self.out / f"{STAMP}.tmp"
         tmp.write_text(json.dumps({"settings_hash": self.stamp()}))
         tmp.replace(self.out / STAMP)
+
+
+def pinned_process(args: list[str], cores: list[int], log) -> subprocess.Popen:
+    """`python <args>` offline, one thread per core, pinned to `cores` (all when empty), output to `log`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(max(1, len(cores)))}
+    pinned = set(cores)
+    return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, pinned))
+                            if pinned and hasattr(os, "sched_setaffinity") else None)
 
 
 def available_cores() -> list[int]:
