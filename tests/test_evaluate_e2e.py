@@ -139,3 +139,23 @@ def test_a_record_with_nothing_to_score_against_is_a_clear_error(saved, tmp_path
     sets = write_jsonl(tmp_path / "bare.jsonl", [{"instruction": "say something"}])
     rc = main(["evaluate", *FAST, "--model", str(saved / "student"), "--sets", str(sets), "--out", str(tmp_path / "o")])
     assert rc == 2 and "no record has a 'response' or 'references' and none names a 'task'" in capsys.readouterr().err
+
+
+def test_a_second_decoding_of_the_same_model_reuses_the_teacher_forced_pass(saved, monkeypatch):
+    import csdistill.evaluate.fidelity as fidelity
+    from csdistill.models import load_model, load_tokenizer
+
+    calls = []
+    real = fidelity.teacher_forced_metrics
+    monkeypatch.setattr(fidelity, "teacher_forced_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, teacher = load_model(str(saved / "student")), load_model(str(saved / "teacher"))
+    tok = load_tokenizer(str(saved / "student"))
+    sets = {"forced_reuse": RECORDS}
+    greedy = evaluate_model(model, tok, sets, load_config(None, [*FAST, "train.mode=sft", "eval.greedy=true"]), teacher=teacher, progress=False)
+    sampled = evaluate_model(model, tok, sets, load_config(None, [*FAST, "train.mode=sft"]), teacher=teacher, progress=False)
+    assert len(calls) == 1  # the teacher-forced pass does not depend on the decoding
+    assert greedy["sets"]["forced_reuse"]["fidelity"] == sampled["sets"]["forced_reuse"]["fidelity"]
+    assert greedy["sets"]["forced_reuse"]["passes"] != sampled["sets"]["forced_reuse"]["passes"]
+    longer = evaluate_model(model, tok, sets, load_config(None, [*FAST, "train.mode=sft", "data.max_prompt_length=6", "data.max_length=8"]), teacher=teacher,
+                            progress=False)
+    assert len(calls) == 2 and longer["sets"]["forced_reuse"]["fidelity"] != greedy["sets"]["forced_reuse"]["fidelity"]

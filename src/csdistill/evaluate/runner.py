@@ -171,9 +171,17 @@ def _generate_passes(model, tokenizer, name: str, prompts: list[str], references
     return predictions, files
 
 
+_TEACHER_FORCED: dict[str, dict] = {}  # key -> results: one pass per model and set, shared by its decodings
+
+
 def _teacher_forced(model, tokenizer, records: list[dict], cfg: Config, teacher, vocab_size: int | None,
-                    progress: bool) -> dict:
-    """{"fidelity", "calibration"} on the records that have a reference response (empty if none)."""
+                    progress: bool, key: str | None = None) -> dict:
+    """{"fidelity", "calibration"} on the records that have a reference response (empty if none).
+
+    key: what the result depends on (weights, records, lengths, teacher, bins); with it, a second decoding
+    of the same model in this process reuses the pass instead of running it again."""
+    if key is not None and key in _TEACHER_FORCED:
+        return _TEACHER_FORCED[key]
     from csdistill.evaluate.fidelity import teacher_forced_batches, teacher_forced_metrics
 
     with_response = [r for r in records if str(r.get("response") or "").strip()]
@@ -184,7 +192,10 @@ def _teacher_forced(model, tokenizer, records: list[dict], cfg: Config, teacher,
                                      cfg.generation.batch_size)
     fidelity, calibration = teacher_forced_metrics(model, batches, teacher if cfg.eval.fidelity else None, vocab_size,
                                                    cfg.eval.calibration_bins, progress)
-    return {"fidelity": fidelity, "calibration": calibration}
+    result = {"fidelity": fidelity, "calibration": calibration}
+    if key is not None:
+        _TEACHER_FORCED[key] = result
+    return result
 
 
 def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, *, teacher=None,
@@ -208,6 +219,9 @@ def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, 
                            # only when on: sets finished before eval.semantic existed keep their key
                            **({"semantic": cfg.eval.semantic} if cfg.eval.semantic else {}),
                            "version": METRICS_VERSION})
+    forced_key = stable_hash({**base_key, "teacher": keys.get("teacher"), "max_length": d.max_length,
+                              "fidelity": cfg.eval.fidelity, "bins": cfg.eval.calibration_bins, "batch": cfg.generation.batch_size,
+                              "vocab_size": vocab_size}) if keys.get("model") else None
     finished = read_finished_set(out_dir / "sets" / f"{name}.json", set_key) if out_dir else None
     if finished is not None:
         print(f"[evaluate] {name}: finished results found in {out_dir}, reusing them")
@@ -227,7 +241,7 @@ def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, 
         scores = {**semantic_scores(predictions, references, encoder or load_encoder(cfg.eval.semantic)), **scores}
     result = {"n_examples": len(records), "passes": [tag for tag, _ in passes], "seeds": [s for _, s in passes],
               "greedy": passes[0][0] == "greedy", **text_scores(predictions, references), **scores,
-              **_teacher_forced(model, tokenizer, records, cfg, teacher, vocab_size, progress)}
+              **_teacher_forced(model, tokenizer, records, cfg, teacher, vocab_size, progress, forced_key)}
     if cfg.eval.comet_model:
         sources = [f"{r['instruction']}\n{r.get('input') or ''}".strip() for r in records]
         result["comet"] = comet_scores(cfg.eval.comet_model, sources, predictions, references)
