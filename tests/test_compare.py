@@ -207,3 +207,18 @@ def test_evaluation_workers_fill_what_the_sequential_pass_then_reuses(tmp_path, 
     evaluate_rows(filled, teacher, sets, cfgs, tmp_path / "eval", 1, False, "test")
     assert capsys.readouterr().out.count("finished results found") == 6  # 3 models x 2 decodings, none redone
     assert len(filled[1].results["sampled"]) == 2 and filled[0].results["greedy"][0]["sets"]["test"]["rouge_l"]
+
+
+def test_selection_score_weighs_a_mixed_set_by_its_em_and_rouge():
+    from csdistill.compare import selection_score, set_score
+
+    mixed = {"n_examples": 32, "exact_match": {"mean": 11.1, "n": 9}, "rouge_l": {"mean": 28.3}}
+    exact_only = {"n_examples": 9, "exact_match": {"mean": 40.0, "n": 9}, "rouge_l": {"mean": 10.0}}
+    text = {"n_examples": 5, "rouge_l": {"mean": 30.0}}
+    dist = {"n_examples": 5, "distribution": {"tvd": 0.25}, "rouge_l": {"mean": 1.0}}
+    assert set_score(mixed) == pytest.approx((11.1 + 28.3) / 2)  # a handful of exact records does not decide alone
+    assert set_score(exact_only) == 40.0 and set_score(text) == 30.0 and set_score(dist) == 75.0
+    assert set_score({"n_examples": 3}) is None
+    assert selection_score({"sets": {"a": mixed, "b": text, "c": {"n_examples": 1}}}) == pytest.approx(
+        ((11.1 + 28.3) / 2 + 30.0) / 2)
+    assert selection_score({"sets": {}}) != selection_score({"sets": {}})  # NaN: nothing to choose by

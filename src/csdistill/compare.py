@@ -346,17 +346,22 @@ def summary_scores(result: dict) -> dict[str, float | None]:
             "fkl": _mean(f.get("forward_kl") for f in fidelity), "top1": _mean(f.get("top1_agreement") for f in fidelity)}
 
 
+def set_score(s: dict) -> float | None:
+    """One set's score to choose settings by (higher is better): exact match % on exact-checked records,
+    100 * (1 - TVD) on distribution tasks, ROUGE-L on free text; a mixed set (open prompts with a few
+    checkable ones) the mean of its EM and ROUGE-L, so neither a handful of exact records nor the text
+    alone decides."""
+    parts = [s["exact_match"]["mean"]] if s.get("exact_match") else []
+    if s.get("distribution"):
+        parts.append(100.0 * (1.0 - s["distribution"]["tvd"]))
+    elif s.get("rouge_l") and (not parts or is_free_text(s)):
+        parts.append(s["rouge_l"]["mean"])
+    return statistics.fmean(parts) if parts else None
+
+
 def selection_score(result: dict) -> float:
-    """One number to choose settings by (higher is better): the mean over sets of exact match %,
-    100 * (1 - TVD) on distribution tasks, ROUGE-L elsewhere."""
-    scores = []
-    for s in result["sets"].values():
-        if s.get("exact_match"):
-            scores.append(s["exact_match"]["mean"])
-        elif s.get("distribution"):
-            scores.append(100.0 * (1.0 - s["distribution"]["tvd"]))
-        elif s.get("rouge_l"):
-            scores.append(s["rouge_l"]["mean"])
+    """The mean over sets of set_score (NaN when no set has a score)."""
+    scores = [v for v in map(set_score, result["sets"].values()) if v is not None]
     return statistics.fmean(scores) if scores else float("nan")
 
 
