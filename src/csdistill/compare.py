@@ -277,12 +277,12 @@ def evaluate_in_workers(rows: list[Row], teacher_path: str, sets: dict | list, c
         spec_path.write_text(json.dumps(spec, indent=1))
         log = log_path.open("w")
         process = pinned_process(["-m", "csdistill.compare", WORKER_FLAG, str(spec_path)], cores, log)
-        workers.append((process, log, log_path, len(mine)))
+        workers.append((process, log, log_path))
     bar = tqdm(total=len(models), desc=f"evaluate ({len(workers)} processes)", unit="model", disable=not progress)
     try:
         while any(p.poll() is None for p, *_ in workers):
             time.sleep(1.0)
-            bar.n = sum(log_path.read_text(errors="replace").count("[worker] done ") for _, _, log_path, _ in workers)
+            bar.n = sum(log_path.read_text(errors="replace").count("[worker] done ") for _, _, log_path in workers)
             bar.refresh()
     except BaseException:
         for process, *_ in workers:
@@ -292,7 +292,7 @@ def evaluate_in_workers(rows: list[Row], teacher_path: str, sets: dict | list, c
         bar.close()
         for _, log, *_ in workers:
             log.close()
-    for process, _, log_path, _ in workers:
+    for process, _, log_path in workers:
         if process.returncode != 0:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
             raise CompareError(f"evaluation worker failed (exit {process.returncode}); log: {log_path}\n{tail}")
