@@ -1,6 +1,6 @@
 """Peak memory and time of distillation losses: csdistill fused vs Liger-Kernel, TRL, plain torch.
 
-    python benchmarks/loss_memory.py                  # the issue-12 table (N = 2048; long on a CPU)
+    python benchmarks/loss_memory.py                  # the full table (N = 2048; long on a CPU)
     python benchmarks/loss_memory.py --positions 512  # the same at N = 512
     python benchmarks/loss_memory.py --quick          # small smoke run (seconds, no peers needed)
     python benchmarks/loss_memory.py --shapes 49152:576 --dtypes fp32 \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real-model table (issue 11), end to end and offline: SmolLM2-135M-Instruct (teacher, from its PyPI
+# The real-model table, end to end and offline: SmolLM2-135M-Instruct (teacher, from its PyPI
 # wheel) -> a 24-layer student pruned from it -> 392 generated prompts answered by the teacher -> a top-64
 # teacher cache -> `csdistill compare` of 7 losses x 2 seeds with a validation lr sweep, scored greedy and
 # sampled (5 seeds). From the repository root with the package installed; every step reuses what it finished.

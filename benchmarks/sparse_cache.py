@@ -1,4 +1,4 @@
-"""Sparse (top-k) teacher vs dense teacher on a real model (issue 9).
+"""Sparse (top-k) teacher vs dense teacher on a real model.
 
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/sparse_cache.py            # all parts
     ... benchmarks/sparse_cache.py --parts sweep --positions 256                          # one part

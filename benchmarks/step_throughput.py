@@ -1,4 +1,4 @@
-"""Step throughput of a distillation step against its floor (issue 3).
+"""Step throughput of a distillation step against its floor.
 
     .venv/bin/python benchmarks/step_throughput.py            # ~17M teacher, ~5M student, V=16k, 8 x 256, bf16
 
@@ -6,7 +6,7 @@ floor  = teacher forward alone (no grad) + student forward/backward/AdamW step a
          same labels) — what any KD step must at least pay.
 kd     = one training step of csdistill's objective (train/objective.py, exactly what the loop runs):
          unfused (full logits of both models) and fused (chunked head + loss on hidden states), for
-         CSD (S,S) and forward KL. Target: fused KD step <= 1.10 x floor (issue 12; 1.15 in issue 3). "of which fused head+loss" times the
+         CSD (S,S) and forward KL. Target: fused KD step <= 1.10 x floor. "of which fused head+loss" times the
 fused head and loss alone (forward + backward on fixed hidden states), to attribute the overhead.
 Every figure is the median over --steps timed steps after --warmup untimed ones, all in one process;
 the timed rounds interleave the step kinds so that load drift on a shared machine hits all of them alike.
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
-                        help="loss.compile of the fused steps (issue 12)")
+                        help="loss.compile of the fused steps")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = parser.parse_args()
     if args.threads:

@@ -56,7 +56,7 @@ def test_rerun_into_an_earlier_run_refuses_and_changes_nothing(toy, ten_step_run
 
 
 def test_overwrite_moves_the_earlier_run_aside_and_keeps_the_new_checkpoint(toy, ten_step_run, tmp_path):
-    """The issue's case: after a 10-step run, a 2-step run into the same folder wrote checkpoint-2,
+    """The reported case: after a 10-step run, a 2-step run into the same folder wrote checkpoint-2,
     deleted it at once (rotation kept the highest steps) and left `final` dangling."""
     out = copy_run(ten_step_run, tmp_path / "run")
     before = snapshot(out)

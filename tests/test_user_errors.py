@@ -67,11 +67,11 @@ def test_bugs_keep_their_traceback_and_ctrl_c_is_one_line(monkeypatch, capsys):
     assert err.startswith("csdistill: interrupted") and err.count("\n") == 1
 
 
-def test_is_user_error_classifies_by_raise_site():
+def test_is_user_error_is_the_user_error_type():
     from csdistill.data.collate import batches
 
-    with pytest.raises(ValueError) as own:
-        list(batches([1], 0, None))  # csdistill's own `raise ValueError(...)` for the user
+    with pytest.raises(UserError) as own:
+        list(batches([1], 0, None))  # raised where the mistake is found, as a UserError
     assert is_user_error(own.value)
     with pytest.raises(ValueError) as foreign:
         int("x")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from csdistill.config import Config, ConfigError, load_config, to_dict
-from csdistill.files import file_sha256
+from csdistill.files import atomic_write_text, file_sha256
 from csdistill.jobs import CompareError, Job, available_cores, core_slots, pinned_process, run_jobs
 
 SWEEP_SEED = 100  # the lr sweep trains at its own seed, so the table's seeds stay held out from the choice
@@ -568,9 +568,7 @@ def load_test_records(sets, base: Sequence[str], teacher: str) -> dict[str, list
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 CAPTION = ("Rows trained per seed: mean ± std over the training seeds (one seed: ± over the sampling seeds); "

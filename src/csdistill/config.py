@@ -104,7 +104,7 @@ class LossConfig:
                                      "token, renormalised; bucket = plus one complement entry for the mass off it",
                           ("support", "bucket"))
     compile: str = _f("auto", "fused path: torch.compile the per-chunk loss maths: auto (large chunks only), true, false",
-                      ("auto", "true", "false"))  # issue 12
+                      ("auto", "true", "false"))
 
 
 @dataclass
@@ -425,7 +425,7 @@ def validate(cfg: Config) -> None:
     _validate_ranges(cfg)
 
 
-# ---- issue 13: ranges checked here rather than deep in torch/PEFT at the first step
+# ---- ranges checked here rather than deep in torch/PEFT at the first step
 def _validate_ranges(cfg: Config) -> None:
     t, m, g, e = cfg.train, cfg.model, cfg.generation, cfg.eval
     _require(bool(t.output_dir.strip()), "train.output_dir", t.output_dir, "must name a folder (e.g. runs/my-run)")

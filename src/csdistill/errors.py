@@ -1,12 +1,10 @@
 """User errors: what the CLI prints as one line (`csdistill: error: ...`, exit 2) instead of a traceback.
 
-A user error says what is wrong, where (key, file:line, folder) and how to fix it. Two kinds count:
-- a :class:`UserError` (its subclasses: ``config.ConfigError``, ``data.DataError``, ``OutputDirError``,
-  ``CheckpointError``), raised anywhere;
-- a ``ValueError`` raised by a ``raise`` statement in csdistill's own code: by the project's rule
-  (docs/style: "user errors raise a ValueError/ConfigError naming the field, the value and the fix")
-  those are messages for the user. A ``ValueError`` raised elsewhere (torch, transformers, a failed
-  unpacking inside csdistill) is a bug and keeps its traceback.
+A user error says what is wrong, where (key, file:line, folder) and how to fix it: it is a
+:class:`UserError` (or a subclass: ``config.ConfigError``, ``data.DataError``, ``OutputDirError``,
+``CheckpointError``, ``StorageError``, ...), raised where the mistake is found. ``UserError`` is a
+``ValueError``, so library callers can catch either. Any other exception — a ``ValueError`` from torch,
+transformers or a failed unpacking inside csdistill included — is a bug and keeps its traceback.
 Storage failures (disk full, not writable) become one line naming the path (:func:`storage_error`).
 Full tracebacks: ``csdistill --debug ...`` or ``CSDISTILL_DEBUG=1``.
 """
@@ -14,12 +12,10 @@ Full tracebacks: ``csdistill --debug ...`` or ``CSDISTILL_DEBUG=1``.
 from __future__ import annotations
 
 import errno
-import linecache
 import os
 from pathlib import Path
 
 DEBUG_ENV = "CSDISTILL_DEBUG"
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 class UserError(ValueError):
@@ -38,23 +34,13 @@ class StorageError(UserError):
     """Disk full or not writable: names the path."""
 
 
-def _raised_by_own_raise_statement(err: BaseException) -> bool:
-    tb = err.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename
-    if not str(Path(filename).resolve()).startswith(_PACKAGE_DIR + os.sep):
-        return False
-    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise ")
+class NonFiniteLogitsError(UserError):
+    """NaN/+inf logits: a diverged model or fp16 overflow (the training loop reports it as divergence)."""
 
 
 def is_user_error(err: BaseException) -> bool:
     """True for the errors the CLI reports in one line (see the module docstring)."""
-    if isinstance(err, UserError):
-        return True
-    return isinstance(err, ValueError) and _raised_by_own_raise_statement(err)
+    return isinstance(err, UserError)
 
 
 FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))

@@ -16,8 +16,9 @@ from typing import Sequence
 import torch
 
 from csdistill.config import Config, ConfigError, GenerationConfig
-from csdistill.errors import check_writable
+from csdistill.errors import UserError, check_writable
 from csdistill.seeding import make_generator
+from csdistill.files import atomic_write_jsonl
 
 
 @dataclass
@@ -110,7 +111,7 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen: Ge
     the model's train/eval mode is restored afterwards.
     """
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
-        raise ValueError(f"sample: input_ids {tuple(input_ids.shape)} and attention_mask "
+        raise UserError(f"sample: input_ids {tuple(input_ids.shape)} and attention_mask "
                          f"{tuple(attention_mask.shape)} must both be (B, P)")
     was_training = model.training
     model.eval()
@@ -207,8 +208,6 @@ def generate_command(cfg: Config, checkpoint: str, prompts: Sequence[str], promp
     for result in results:
         print(f"### {result['instruction']}\n{result['response']}\n")
     if out:
-        tmp = Path(out).with_name(Path(out).name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results), encoding="utf-8")
-        tmp.replace(out)
+        atomic_write_jsonl(out, results)
         print(f"csdistill: wrote {len(results)} generations to {out}", file=sys.stderr)
     return 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from csdistill.config import load_config, to_yaml
 from csdistill.errors import UserError
+from csdistill.files import atomic_write_text
 
 STAMP = "stamp.json"  # written into a run folder after the run succeeded: {"settings_hash": ...}
 
@@ -113,9 +114,7 @@ class Job:
             tail = "\n".join((self.out / "train.log").read_text(errors="replace").splitlines()[-15:])
             raise CompareError(f"run {self.name!r} failed (exit {self.process.returncode}); "
                                f"log: {self.out / 'train.log'}; config: {self.config_path}\n{tail}")
-        tmp = self.out / f"{STAMP}.tmp"
-        tmp.write_text(json.dumps({"settings_hash": self.stamp()}))
-        tmp.replace(self.out / STAMP)
+        atomic_write_text(self.out / STAMP, json.dumps({"settings_hash": self.stamp()}))
 
 
 def pinned_process(args: list[str], cores: list[int], log) -> subprocess.Popen:

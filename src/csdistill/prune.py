@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from csdistill.errors import UserError
 
 DEPTH_METHODS = ("block-influence", "angular", "uniform")
 FAMILIES = ("llama", "qwen2", "gpt2")
@@ -41,7 +42,7 @@ def model_family(model) -> str:
         return "llama"
     if kind in ("qwen2", "gpt2"):
         return kind
-    raise ValueError(f"student init: model_type {kind!r} is not supported; pruning knows the Llama, Qwen2 and "
+    raise UserError(f"student init: model_type {kind!r} is not supported; pruning knows the Llama, Qwen2 and "
                      "GPT-2 families (model_type llama, mistral, qwen2, gpt2)")
 
 
@@ -200,9 +201,9 @@ def top_k_sorted(scores: torch.Tensor, k: int) -> list[int]:
 def choose_layers(method: str, total: int, keep: int, mean_cosine: torch.Tensor | None) -> list[int]:
     """The kept layer indices (increasing) under a DEPTH_METHODS method."""
     if not 1 <= keep <= total:
-        raise ValueError(f"--layers {keep}: choose between 1 and the teacher's {total} layers")
+        raise UserError(f"--layers {keep}: choose between 1 and the teacher's {total} layers")
     if method not in DEPTH_METHODS:
-        raise ValueError(f"--depth-method {method!r}: choose one of {', '.join(DEPTH_METHODS)}")
+        raise UserError(f"--depth-method {method!r}: choose one of {', '.join(DEPTH_METHODS)}")
     if keep == total:
         return list(range(total))
     if method == "uniform":
@@ -246,7 +247,7 @@ class Plan:
 def _check_width(name: str, value: int, full: int, multiple_of: int = 1) -> None:
     if not 1 <= value <= full or value % multiple_of:
         extra = f" and a multiple of {multiple_of}" if multiple_of > 1 else ""
-        raise ValueError(f"{name} {value}: choose between 1 and the teacher's {full}{extra}")
+        raise UserError(f"{name} {value}: choose between 1 and the teacher's {full}{extra}")
 
 
 def make_plan(model, stats: Statistics | None, layers: int | None = None, depth_method: str = "block-influence",
@@ -260,19 +261,19 @@ def make_plan(model, stats: Statistics | None, layers: int | None = None, depth_
     heads = heads or shape.heads
     kv_heads = kv_heads or (heads if shape.kv_heads == shape.heads else shape.kv_heads)
     if family == "gpt2" and (heads != shape.heads or hidden != shape.hidden):
-        raise ValueError("--heads/--hidden: GPT-2's attention width is tied to its hidden size, so only --layers "
+        raise UserError("--heads/--hidden: GPT-2's attention width is tied to its hidden size, so only --layers "
                          "and --mlp prune GPT-2; use a Llama or Qwen2 teacher for head or hidden pruning")
     _check_width("--mlp", mlp, shape.mlp)
     _check_width("--hidden", hidden, shape.hidden)
     _check_width("--kv-heads", kv_heads, shape.kv_heads)
     _check_width("--heads", heads, shape.heads, kv_heads)
     if heads // kv_heads > shape.heads // shape.kv_heads:
-        raise ValueError(f"--heads {heads} with --kv-heads {kv_heads}: {heads // kv_heads} query heads per KV group, "
+        raise UserError(f"--heads {heads} with --kv-heads {kv_heads}: {heads // kv_heads} query heads per KV group, "
                          f"but the teacher has {shape.heads // shape.kv_heads}; lower --heads or raise --kv-heads")
     needs_stats = depth_method != "uniform" and layers < shape.layers
     needs_stats = needs_stats or (mlp, heads, kv_heads, hidden) != (shape.mlp, shape.heads, shape.kv_heads, shape.hidden)
     if needs_stats and stats is None:
-        raise ValueError("make_plan: importance-based pruning needs calibration statistics (collect_statistics)")
+        raise UserError("make_plan: importance-based pruning needs calibration statistics (collect_statistics)")
     kept = choose_layers(depth_method, shape.layers, layers, stats.mean("cosine") if stats else None)
     full = lambda n: list(range(n))  # noqa: E731
     pick = lambda scores, k, n: full(n) if k == n else top_k_sorted(scores, k)  # noqa: E731

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from csdistill.compare import Layout, RunSpec, compare, parse_losses, summary_scores
 from csdistill.jobs import CompareError, Job, available_cores, run_jobs
+from csdistill.errors import UserError
 
 __all__ = ["Job", "RunSpec", "parse_losses", "quickstart", "summary_scores", "LOSS_LR", "PAPER_LOSSES", "PLANS"]
 
@@ -129,7 +130,7 @@ def run_lrs(specs: list[RunSpec], lrs: dict[str, float] | None) -> dict[str, flo
 def task_sets(suite: Path, split: str = "test") -> dict[str, list[dict]]:
     """A held-out split as one set per task (exact match / distribution scores per task)."""
     if split not in ("test", "validation"):
-        raise ValueError(f"eval_split={split!r}: choose test or validation")
+        raise UserError(f"eval_split={split!r}: choose test or validation")
     sets: dict[str, list[dict]] = {}
     for line in (suite / f"{split}.jsonl").read_text().splitlines():
         record = json.loads(line)

@@ -17,6 +17,7 @@ import platform
 import shlex
 from pathlib import Path
 from typing import Callable, Sequence
+from csdistill.errors import UserError
 
 # (key in a set's "fidelity" dict, label, higher is better)
 FIDELITY_METRICS = (
@@ -40,20 +41,20 @@ def load_results(source: str | Path | dict) -> dict:
         path = Path(source)
         path = path / "results.json" if path.is_dir() else path
         if not path.is_file():
-            raise ValueError(f"results {str(path)!r} not found; pass a results.json written by `csdistill evaluate` "
+            raise UserError(f"results {str(path)!r} not found; pass a results.json written by `csdistill evaluate` "
                              "or the --out folder that holds it")
         try:
             result = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"results {str(path)!r} is not valid JSON ({err.msg} at line {err.lineno})") from None
+            raise UserError(f"results {str(path)!r} is not valid JSON ({err.msg} at line {err.lineno})") from None
         except UnicodeDecodeError:
-            raise ValueError(f"results {str(path)!r} is not UTF-8 text; pass a results.json") from None
+            raise UserError(f"results {str(path)!r} is not UTF-8 text; pass a results.json") from None
         if not isinstance(result, dict):
-            raise ValueError(f"results {str(path)!r}: expected a JSON object, got {type(result).__name__}")
+            raise UserError(f"results {str(path)!r}: expected a JSON object, got {type(result).__name__}")
         result = {**result, "_path": str(path)}
         where = str(path)
     if not isinstance(result, dict) or not isinstance(result.get("sets"), dict):
-        raise ValueError(f"{where}: no 'sets' mapping; is this a `csdistill evaluate` results JSON?")
+        raise UserError(f"{where}: no 'sets' mapping; is this a `csdistill evaluate` results JSON?")
     _check_shape(result, where)
     return result
 
@@ -71,31 +72,31 @@ def _check_metric(value, where: str) -> None:
     if value is None:
         return
     if not isinstance(value, dict):
-        raise ValueError(f"{where}: expected an object of numbers, got {type(value).__name__} {value!r:.40}")
+        raise UserError(f"{where}: expected an object of numbers, got {type(value).__name__} {value!r:.40}")
     for key, item in value.items():
         if isinstance(item, dict):
             _check_metric(item, f"{where}.{key}")
         elif isinstance(item, list):
             if not all(_is_number(x) for x in item):
-                raise ValueError(f"{where}.{key}: expected a list of numbers, got {item!r:.40}")
+                raise UserError(f"{where}.{key}: expected a list of numbers, got {item!r:.40}")
         elif not _is_number(item):
-            raise ValueError(f"{where}.{key}: expected a number, got {type(item).__name__} {item!r:.40}")
+            raise UserError(f"{where}.{key}: expected a number, got {type(item).__name__} {item!r:.40}")
 
 
 def _check_shape(result: dict, where: str) -> None:
     """Name the first malformed field (file and key path) instead of failing later inside a table."""
     for key in ("run", "machine"):
         if key in result and not isinstance(result[key], (dict, str, type(None))):
-            raise ValueError(f"{where}: {key}: expected an object, got {type(result[key]).__name__}")
+            raise UserError(f"{where}: {key}: expected an object, got {type(result[key]).__name__}")
     for name, set_result in result["sets"].items():
         if not isinstance(set_result, dict):
-            raise ValueError(f"{where}: sets.{name}: expected an object of metrics, got "
+            raise UserError(f"{where}: sets.{name}: expected an object of metrics, got "
                              f"{type(set_result).__name__} {set_result!r:.40}; rerun `csdistill evaluate`")
         for key in _METRIC_KEYS:
             try:
                 _check_metric(set_result.get(key), f"sets.{name}.{key}")
             except ValueError as err:
-                raise ValueError(f"{where}: {err}; rerun `csdistill evaluate` or fix the file") from None
+                raise UserError(f"{where}: {err}; rerun `csdistill evaluate` or fix the file") from None
 
 
 def load_metrics_log(run_dir: str | Path) -> list[dict]:
@@ -103,7 +104,7 @@ def load_metrics_log(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir)
     path = path / "metrics.jsonl" if path.is_dir() else path
     if not path.is_file():
-        raise ValueError(f"--metrics {str(run_dir)!r}: no metrics.jsonl there; pass the trainer's train.output_dir")
+        raise UserError(f"--metrics {str(run_dir)!r}: no metrics.jsonl there; pass the trainer's train.output_dir")
     from csdistill.train.logging import read_metrics  # tolerates a half-written last line
 
     return [row for row in read_metrics(path) if "step" in row]
@@ -127,7 +128,7 @@ def unique_labels(results: Sequence[dict], labels: Sequence[str] | None = None) 
     """Given labels or run_label(); duplicates get the model's name (then an index) appended."""
     if labels:
         if len(labels) != len(results):
-            raise ValueError(f"--labels: {len(labels)} labels for {len(results)} results; give one per results file")
+            raise UserError(f"--labels: {len(labels)} labels for {len(results)} results; give one per results file")
         return list(labels)
     names = [run_label(r) for r in results]
     out = []
@@ -402,7 +403,7 @@ def build_report(results: Sequence[str | Path | dict], out_dir: str | Path, metr
                  command: str = "build_report()") -> Path:
     """Write out_dir/report.md and its PNG plots from results JSONs (paths, folders or dicts); returns report.md."""
     if not results:
-        raise ValueError("build_report: no results given; pass at least one results.json")
+        raise UserError("build_report: no results given; pass at least one results.json")
     loaded = [load_results(r) for r in results]
     names = unique_labels(loaded, labels)
     out = Path(out_dir)

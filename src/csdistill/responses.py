@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from csdistill.config import GenerationConfig
+from csdistill.errors import UserError
 
 SPLIT_ORDER = ("train", "validation", "test")
 
@@ -42,7 +43,7 @@ def prompt_files(prompts: str) -> dict[str, Path]:
     files = {s: path / f"{s}.jsonl" for s in SPLIT_ORDER
              if (path / f"{s}.jsonl").is_file() and (path / f"{s}.jsonl").stat().st_size > 0}  # empty: --n-x 0
     if not files:
-        raise ValueError(f"--prompts {prompts!r}: no train/validation/test .jsonl there; pass a folder written by "
+        raise UserError(f"--prompts {prompts!r}: no train/validation/test .jsonl there; pass a folder written by "
                          "`csdistill data prompts` or a JSONL file")
     return files
 
@@ -95,7 +96,7 @@ def respond_split(model, tokenizer, records: list[dict], out: Path, teacher: str
     if out.is_file():
         if len(_read_done(out, keys)) == len(records) == len(out.read_text(encoding="utf-8").splitlines()):
             return 0, len(records)
-        raise ValueError(f"data respond: {out} already exists from other prompts, teacher or settings; choose a new "
+        raise UserError(f"data respond: {out} already exists from other prompts, teacher or settings; choose a new "
                          "--out (finished files are never overwritten)")
     partial = out.with_name(out.name + ".partial")
     done = _read_done(partial, keys)
@@ -124,7 +125,7 @@ def respond(teacher: str, prompts: str, out: str, splits: list[str] | None = Non
     files = prompt_files(prompts)
     unknown = [s for s in splits or [] if s not in files]
     if unknown:
-        raise ValueError(f"--splits {','.join(unknown)}: not in {prompts!r} (it has {', '.join(files)})")
+        raise UserError(f"--splits {','.join(unknown)}: not in {prompts!r} (it has {', '.join(files)})")
     gen = GenerationConfig(do_sample=sample, max_new_tokens=max_new_tokens, batch_size=batch_size)
     tokenizer = load_tokenizer(teacher)
     model = load_model(teacher, precision="bf16").eval()

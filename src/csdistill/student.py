@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from csdistill import prune
+from csdistill.errors import UserError
 
 PROVENANCE_FILE = "csdistill_student.json"
 
@@ -55,7 +56,7 @@ def init_student(teacher: str, out: str, layers: int | None = None, depth_method
 
     check_new_folder(out)
     if calibration_samples < 1 or max_length < 2:
-        raise ValueError(f"--calibration-samples {calibration_samples} / --max-length {max_length}: need at least "
+        raise UserError(f"--calibration-samples {calibration_samples} / --max-length {max_length}: need at least "
                          "1 text of at least 2 tokens to score importance")
     tokenizer = load_tokenizer(teacher)
     model = load_model(teacher).eval()
@@ -79,7 +80,7 @@ def init_student(teacher: str, out: str, layers: int | None = None, depth_method
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`csdistill student init` flags (a contract: issue 11's configs call them)."""
+    """`csdistill student init` flags (a contract: compare's configs and benchmarks/real_model.sh call them)."""
     parser.add_argument("--teacher", required=True, help="teacher: an HF folder, a hub id or a .gguf file")
     parser.add_argument("--out", required=True, help="new folder for the student (HF format + tokenizer)")
     parser.add_argument("--layers", type=int, default=None, help="depth kept (default: all the teacher's layers)")

@@ -25,6 +25,7 @@ import torch
 
 from csdistill.config import ConfigError
 from csdistill.losses.sparse import SparseTeacher
+from csdistill.files import atomic_path, atomic_write_json
 
 FORMAT = "csdistill-topk-cache/1"
 VALUE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
@@ -46,9 +47,7 @@ def shard_name(index: int) -> str:
 
 def write_json(path: Path, data: dict) -> None:
     """Atomic: a temp file in the same folder, then rename."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(temp, path)
+    atomic_write_json(path, data, indent=1, sort_keys=True)
 
 
 def write_shard(path: Path, rows: SparseTeacher, digests: list[bytes], counts: list[int], spec: dict) -> dict:
@@ -63,9 +62,8 @@ def write_shard(path: Path, rows: SparseTeacher, digests: list[bytes], counts: l
               "labels": rows.labels.cpu().numpy().astype(ids_type),
               "digests": np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), 16).copy(),
               "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)}
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(arrays, str(temp), metadata={"format": FORMAT, "spec_hash": spec_hash(spec)})
-    os.replace(temp, path)
+    with atomic_path(path) as temp:
+        save_file(arrays, str(temp), metadata={"format": FORMAT, "spec_hash": spec_hash(spec)})
     return {"file": path.name, "sequences": len(digests), "positions": int(sum(counts))}
 
 

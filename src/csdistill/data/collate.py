@@ -18,6 +18,7 @@ import torch
 
 from csdistill.data.templates import PromptTemplate, build_prompt
 from csdistill.losses.reduce import IGNORE_INDEX
+from csdistill.errors import UserError
 
 
 def prompt_token_ids(tokenizer, prompt: str, max_prompt_length: int) -> list[int]:
@@ -36,7 +37,7 @@ def prompt_token_ids(tokenizer, prompt: str, max_prompt_length: int) -> list[int
 
 def _eos_id(tokenizer) -> int:
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos_token; responses end with "
+        raise UserError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos_token; responses end with "
                          "EOS: set tokenizer.eos_token (or use a tokenizer that has one)")
     return tokenizer.eos_token_id
 
@@ -57,7 +58,7 @@ def encode_example(record: dict, tokenizer, template: str | PromptTemplate, max_
                    max_length: int) -> dict:
     """prompt (left-truncated to max_prompt_length tokens) + response + EOS, cut to max_length tokens."""
     if max_length <= max_prompt_length:
-        raise ValueError(f"data.max_length={max_length} must exceed data.max_prompt_length={max_prompt_length} "
+        raise UserError(f"data.max_length={max_length} must exceed data.max_prompt_length={max_prompt_length} "
                          "to leave room for the response")
     prompt_ids = prompt_token_ids(tokenizer, build_prompt(record, template), max_prompt_length)
     response_ids = list(tokenizer(record.get("response") or "", add_special_tokens=False)["input_ids"])
@@ -68,9 +69,9 @@ def collate(examples: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tens
     """Right-padded batch: input_ids (B, T) long, attention_mask (B, T) long, labels (B, T) long
     (IGNORE_INDEX on padding). Other keys of the examples are ignored."""
     if not examples:
-        raise ValueError("collate: no examples; pass at least one encoded example")
+        raise UserError("collate: no examples; pass at least one encoded example")
     if pad_token_id is None:
-        raise ValueError("collate: pad_token_id is None; set tokenizer.pad_token (load_tokenizer sets it to EOS)")
+        raise UserError("collate: pad_token_id is None; set tokenizer.pad_token (load_tokenizer sets it to EOS)")
     width = max(len(ex["input_ids"]) for ex in examples)
     input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)  # (B, T)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
@@ -99,10 +100,10 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str,
 def encode_prompts(prompts: Sequence[str], tokenizer, max_prompt_length: int) -> dict[str, torch.Tensor]:
     """Prompt texts -> LEFT-padded input_ids (B, P) and attention_mask (B, P) for generation."""
     if not prompts:
-        raise ValueError("encode_prompts: no prompts given")
+        raise UserError("encode_prompts: no prompts given")
     ids = [prompt_token_ids(tokenizer, p, max_prompt_length) for p in prompts]
     if any(not seq for seq in ids):
-        raise ValueError("encode_prompts: a prompt encodes to no tokens; generation needs at least one prompt token")
+        raise UserError("encode_prompts: a prompt encodes to no tokens; generation needs at least one prompt token")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(tokenizer)
     return left_pad(ids, pad)
 
@@ -110,7 +111,7 @@ def encode_prompts(prompts: Sequence[str], tokenizer, max_prompt_length: int) ->
 def batches(examples: Sequence, batch_size: int, generator: torch.Generator) -> Iterator[list]:
     """One epoch of `examples` in a seeded random order, `batch_size` at a time (last batch may be short)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        raise UserError(f"batch_size={batch_size}: must be >= 1")
     order = torch.randperm(len(examples), generator=generator).tolist()
     for start in range(0, len(order), batch_size):
         yield [examples[i] for i in order[start:start + batch_size]]

@@ -279,7 +279,7 @@ def load_records(path: str | Path, format: str = "auto", skip_bad: bool = False,
     FileNotFoundError) for a missing file; DataError when no record is left.
     """
     if format not in FORMATS:
-        raise ValueError(f"data.format={format!r} is not valid; choose one of: {', '.join(FORMATS)}")
+        raise UserError(f"data.format={format!r} is not valid; choose one of: {', '.join(FORMATS)}")
     name, rows = _rows(path)
     records: list[dict] = []
     skipped, fmt = 0, None if format == "auto" else format

@@ -19,6 +19,8 @@ import json
 import random
 from pathlib import Path
 from typing import Callable
+from csdistill.files import atomic_write_jsonl
+from csdistill.errors import UserError
 
 VERSION = 1  # bump when the templates or lists change: the same seed then gives other prompts
 
@@ -144,7 +146,7 @@ def _draw_category(name: str, n: int, rng: random.Random, seen: set[str], split:
     records, misses = [], 0
     while len(records) < n:
         if misses > MAX_MISSES:
-            raise ValueError(f"data prompts: category {name!r} ran out of distinct prompts for the {split} split "
+            raise UserError(f"data prompts: category {name!r} ran out of distinct prompts for the {split} split "
                              f"({len(records)} of {n}); ask for fewer records (--n-train/--n-validation/--n-test)")
         record = draw(rng)
         if record["instruction"] in seen:
@@ -162,7 +164,7 @@ def generate_prompt_splits(seed: int, sizes: dict[str, int], categories: list[st
     names = list(categories or CATEGORIES)
     unknown = [n for n in names if n not in CATEGORIES]
     if unknown:
-        raise ValueError(f"data prompts: unknown categories {unknown}; choose from {', '.join(CATEGORIES)}")
+        raise UserError(f"data prompts: unknown categories {unknown}; choose from {', '.join(CATEGORIES)}")
     rng, seen, out = random.Random(seed), set(), {}
     for split in SPLITS:
         counts = _shares(sizes.get(split, 0), [CATEGORIES[n][2] for n in names])
@@ -190,13 +192,11 @@ def chat_prompt(record: dict, tokenizer) -> str:
 def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
     """Write records as JSONL via a temporary file renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_jsonl(path, records)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`csdistill data prompts` flags (a contract: issue 11's configs call them)."""
+    """`csdistill data prompts` flags (a contract: compare's configs and benchmarks/real_model.sh call them)."""
     parser.add_argument("--out", required=True, help="folder for train.jsonl, validation.jsonl, test.jsonl")
     parser.add_argument("--seed", type=int, default=0, help="the same seed and sizes give the same files")
     parser.add_argument("--n-train", type=int, default=DEFAULT_SIZES["train"], help="train prompts")
@@ -211,14 +211,14 @@ def prompts_command(args: argparse.Namespace) -> int:
     sizes = {"train": args.n_train, "validation": args.n_validation, "test": args.n_test}
     bad = [f"--n-{k}={v}" for k, v in sizes.items() if v < 0]
     if bad:
-        raise ValueError(f"data prompts: {', '.join(bad)}: sizes must be >= 0")
+        raise UserError(f"data prompts: {', '.join(bad)}: sizes must be >= 0")
     splits = generate_prompt_splits(args.seed, sizes, [c for c in args.categories.split(",") if c])
     out = Path(args.out)
     existing = [s for s in SPLITS if (out / f"{s}.jsonl").exists()]
     expected = {s: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in splits[s]) for s in SPLITS}
     changed = [s for s in existing if (out / f"{s}.jsonl").read_text(encoding="utf-8") != expected[s]]
     if changed:
-        raise ValueError(f"data prompts: {out}/{changed[0]}.jsonl already exists with other prompts; choose a new "
+        raise UserError(f"data prompts: {out}/{changed[0]}.jsonl already exists with other prompts; choose a new "
                          "--out (files are never overwritten)")
     for split in SPLITS:
         write_jsonl_atomic(out / f"{split}.jsonl", splits[split])

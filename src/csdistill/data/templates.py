@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from csdistill.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def get_template(template: str | PromptTemplate) -> PromptTemplate:
         return TEMPLATES[template]
     fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
     if not fields:
-        raise ValueError(f"data.template={template!r} is neither a named template ({', '.join(TEMPLATES)}) "
+        raise UserError(f"data.template={template!r} is neither a named template ({', '.join(TEMPLATES)}) "
                          "nor a format string with fields; write e.g. 'Q: {instruction}\\nA: '")
     return PromptTemplate(with_input=template, without_input=template)
 
@@ -59,5 +60,5 @@ def build_prompt(record: dict, template: str | PromptTemplate = "alpaca") -> str
     try:
         return text.format_map(fields)
     except KeyError as err:
-        raise ValueError(f"data.template={text!r} uses the field {err.args[0]!r}, which the record lacks "
+        raise UserError(f"data.template={text!r} uses the field {err.args[0]!r}, which the record lacks "
                          f"(fields: {', '.join(sorted(record))}); add it to the data or change the template") from None

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from csdistill.data.formats import load_records
+from csdistill.errors import UserError
 
 
 def pack_blocks(documents: list[list[int]], eos_token_id: int, block_size: int) -> list[list[int]]:
     """Concatenate documents, each followed by EOS, and cut into full blocks of block_size ids
     (the remainder shorter than a block is dropped, as in GPT pre-training)."""
     if block_size < 2:
-        raise ValueError(f"block_size={block_size}: must be >= 2 (a block predicts its next tokens)")
+        raise UserError(f"block_size={block_size}: must be >= 2 (a block predicts its next tokens)")
     stream = [token for doc in documents for token in (*doc, eos_token_id)]
     return [stream[start:start + block_size] for start in range(0, len(stream) - block_size + 1, block_size)]
 
@@ -36,7 +37,7 @@ def load_text_chunks(path: str | Path, tokenizer, block_size: int) -> list[dict]
     """[{input_ids, labels}] blocks of block_size ids from a .txt file (one document) or text JSONL
     (one document per record); labels = input_ids (every position is trained)."""
     if tokenizer.eos_token_id is None:
-        raise ValueError("load_text_chunks: the tokenizer has no eos_token to separate documents; set one")
+        raise UserError("load_text_chunks: the tokenizer has no eos_token to separate documents; set one")
     records = load_records(path, format="text").records
     documents = [encode_long(tokenizer, r["text"]) for r in records]
     blocks = pack_blocks(documents, tokenizer.eos_token_id, block_size)

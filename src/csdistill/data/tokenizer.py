@@ -12,6 +12,7 @@ position. It round-trips through ``save_pretrained`` / ``AutoTokenizer.from_pret
 from __future__ import annotations
 
 from typing import Sequence
+from csdistill.errors import UserError
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0, 1, 2, 3
 DEFAULT_ALPHABET = "".join(chr(code) for code in range(32, 127)) + "\n\t"  # printable ASCII, space, \n, \t
@@ -36,7 +37,7 @@ def build_char_tokenizer(alphabet: str | None = None, extra_tokens: Sequence[str
 
     alphabet = DEFAULT_ALPHABET if alphabet is None else alphabet
     if not alphabet:
-        raise ValueError("build_char_tokenizer: alphabet='' is empty; pass the characters to model (or None for ASCII)")
+        raise UserError("build_char_tokenizer: alphabet='' is empty; pass the characters to model (or None for ASCII)")
     backend = Tokenizer(models.WordLevel(_vocabulary(alphabet, extra_tokens), unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every char alone
     backend.decoder = decoders.Fuse()  # join tokens without spaces

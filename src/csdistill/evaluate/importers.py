@@ -23,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
+from csdistill.files import atomic_write_jsonl
+from csdistill.errors import UserError
 
 FORMATS = ("dolly", "self-inst", "vicuna", "sni", "unni")
 PAPER_MIN_REF_TOKENS = {"sni": 11, "unni": 11}
@@ -34,7 +36,7 @@ PAPER_MIN_REF_TOKENS = {"sni": 11, "unni": 11}
 def _require_file(path: str | Path, what: str) -> Path:
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"{what} {str(p)!r} not found; pass the path of the downloaded file")
+        raise UserError(f"{what} {str(p)!r} not found; pass the path of the downloaded file")
     return p
 
 
@@ -48,15 +50,15 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{p}:{number}: not valid JSON ({err.msg}); is this a JSONL file?") from None
+                raise UserError(f"{p}:{number}: not valid JSON ({err.msg}); is this a JSONL file?") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{p}:{number}: expected a JSON object per line, got {type(obj).__name__}")
+                raise UserError(f"{p}:{number}: expected a JSON object per line, got {type(obj).__name__}")
             yield number, obj
 
 
 def _field(obj: dict, key: str, where: str, fmt: str) -> object:
     if key not in obj:
-        raise ValueError(f"{where}: missing field {key!r} (present: {', '.join(sorted(obj)) or 'none'}); "
+        raise UserError(f"{where}: missing field {key!r} (present: {', '.join(sorted(obj)) or 'none'}); "
                          f"is this the published --format {fmt} layout?")
     return obj[key]
 
@@ -98,7 +100,7 @@ def _vicuna_answer_text(obj: dict, where: str) -> str:
     try:  # FastChat model_answer layout
         return str(obj["choices"][0]["turns"][0])
     except (KeyError, IndexError, TypeError):
-        raise ValueError(f"{where}: an answer needs 'text' or 'choices[0].turns[0]'") from None
+        raise UserError(f"{where}: an answer needs 'text' or 'choices[0].turns[0]'") from None
 
 
 def convert_vicuna(src: str | Path, answers: str | Path | None = None) -> list[dict]:
@@ -114,7 +116,7 @@ def convert_vicuna(src: str | Path, answers: str | Path | None = None) -> list[d
         qid = _field(obj, "question_id", where, "vicuna")
         text = obj["text"] if "text" in obj else (obj.get("turns") or [None])[0]
         if text is None:
-            raise ValueError(f"{where}: a question needs 'text' (or 'turns'); is this Vicuna's question.jsonl?")
+            raise UserError(f"{where}: a question needs 'text' (or 'turns'); is this Vicuna's question.jsonl?")
         out.append(_record(text, "", references.get(qid, []), "vicuna", question_id=qid, category=obj.get("category", "")))
     return out
 
@@ -127,11 +129,11 @@ def _sni_task_files(src: Path, tasks_file: str | Path | None) -> list[Path]:
         wanted = [t.strip() for t in _require_file(tasks_file, "tasks file").read_text().splitlines() if t.strip()]
         missing = [t for t in wanted if not (src / f"{t}.json").is_file()]
         if missing:
-            raise ValueError(f"tasks file {tasks_file}: {len(missing)} tasks not in {src} (e.g. {missing[0]!r}); "
+            raise UserError(f"tasks file {tasks_file}: {len(missing)} tasks not in {src} (e.g. {missing[0]!r}); "
                              "pass the S-NI 'tasks' folder as --src")
         files = [src / f"{t}.json" for t in wanted]
     if not files:
-        raise ValueError(f"--src {str(src)!r} holds no task*.json files; pass S-NI's 'tasks' folder or one task file")
+        raise UserError(f"--src {str(src)!r} holds no task*.json files; pass S-NI's 'tasks' folder or one task file")
     return files
 
 
@@ -142,7 +144,7 @@ def convert_sni(src: str | Path, tasks_file: str | Path | None = None, max_per_t
         try:
             task = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err.msg})") from None
+            raise UserError(f"{path}: not valid JSON ({err.msg})") from None
         definition = _field(task, "Definition", str(path), "sni")
         definition = "\n".join(definition) if isinstance(definition, list) else str(definition)
         instances = _field(task, "Instances", str(path), "sni")
@@ -195,7 +197,7 @@ def import_set(fmt: str, src: str | Path, *, answers: str | None = None, tasks_f
         "unni": lambda: convert_unni(src),
     }
     if fmt not in converters:
-        raise ValueError(f"--format {fmt!r} is not known; choose one of: {', '.join(FORMATS)}")
+        raise UserError(f"--format {fmt!r} is not known; choose one of: {', '.join(FORMATS)}")
     _require_file(src, "--src")
     threshold = PAPER_MIN_REF_TOKENS.get(fmt, 0) if min_ref_tokens is None else min_ref_tokens
     return filter_records(converters[fmt](), threshold, max_examples)
@@ -205,11 +207,7 @@ def write_jsonl(records: list[dict], path: str | Path) -> Path:
     """Write records as JSONL (atomically: a temporary file renamed into place)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(out)
+    atomic_write_jsonl(out, records)
     return out
 
 
@@ -240,7 +238,7 @@ def _run_import(args: argparse.Namespace) -> int:
                          max_per_task=args.max_per_task, min_ref_tokens=args.min_ref_tokens,
                          max_examples=args.max_examples)
     if not records:
-        raise ValueError(f"--src {args.src!r}: no examples left after filtering; lower --min-ref-tokens")
+        raise UserError(f"--src {args.src!r}: no examples left after filtering; lower --min-ref-tokens")
     missing = sum(1 for r in records if not r["references"])
     write_jsonl(records, args.out)
     threshold = PAPER_MIN_REF_TOKENS.get(args.format, 0) if args.min_ref_tokens is None else args.min_ref_tokens

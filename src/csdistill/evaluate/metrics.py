@@ -20,6 +20,7 @@ from functools import lru_cache
 from typing import Callable, Sequence
 
 import torch
+from csdistill.errors import UserError
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -61,7 +62,7 @@ def rouge_l(prediction: str, references: Sequence[str]) -> float:
 def mean_rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Mean over examples of :func:`rouge_l`; predictions[i] is scored against references[i]."""
     if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
+        raise UserError(f"{len(predictions)} predictions but {len(references)} reference lists")
     if not predictions:
         return 0.0
     return sum(rouge_l(p, r) for p, r in zip(predictions, references)) / len(predictions)
@@ -196,7 +197,7 @@ def distribution_scores(samples: Sequence[str], record: dict, true_distribution:
     - distinct: number of distinct outputs; entropy / true_entropy: nats.
     """
     if not samples:
-        raise ValueError("distribution_scores needs at least one sample")
+        raise UserError("distribution_scores needs at least one sample")
     true = {k.strip(): float(v) for k, v in true_distribution.items()}
     valid = [s for s in samples if check(s, record)]
     emp = empirical_distribution(samples)
@@ -239,7 +240,7 @@ def calibration_histogram(confidence: torch.Tensor, correct: torch.Tensor, n_bin
     bin 0. Histograms of batches add up, so ECE can be accumulated in a stream.
     """
     if n_bins < 1:
-        raise ValueError(f"eval.calibration_bins={n_bins}: must be >= 1")
+        raise UserError(f"eval.calibration_bins={n_bins}: must be >= 1")
     conf = confidence.detach().reshape(-1).double()
     bins = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)
     hist = torch.zeros(3, n_bins, dtype=torch.float64)

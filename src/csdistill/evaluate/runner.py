@@ -30,10 +30,11 @@ from typing import Sequence
 import torch
 
 from csdistill.config import Config, GenerationConfig, config_hash, to_dict
-from csdistill.errors import check_writable
+from csdistill.errors import UserError, check_writable
 from csdistill.evaluate.scoring import (comet_scores, record_references, semantic_scores, task_scores, task_specs,
                                         text_scores)
 from csdistill.evaluate.semantic import load_encoder
+from csdistill.files import atomic_write_text
 
 METRICS_VERSION = 1  # bump when a metric's definition changes: invalidates finished sets on disk
 
@@ -46,7 +47,7 @@ def _set_name(path: Path, taken: set[str]) -> str:
     if name in taken:
         name = f"{path.parent.name}_{path.stem}"
     if name in taken:
-        raise ValueError(f"--sets: two sets are both named {name!r}; rename one of the files")
+        raise UserError(f"--sets: two sets are both named {name!r}; rename one of the files")
     return name
 
 
@@ -59,19 +60,19 @@ def load_sets(sets: Sequence[str] | dict, max_examples: int = 0, skip_bad: bool 
         sets = [sets]
     items = list(sets.items()) if isinstance(sets, dict) else [(None, s) for s in sets]
     if not items:
-        raise ValueError("eval.sets is empty: pass evaluation JSONL files with --sets (or eval.sets=[a.jsonl])")
+        raise UserError("eval.sets is empty: pass evaluation JSONL files with --sets (or eval.sets=[a.jsonl])")
     out: dict[str, list[dict]] = {}
     for name, source in items:
         if isinstance(source, (str, Path)):
             path = Path(source)
             if not path.is_file():
-                raise ValueError(f"evaluation set {str(path)!r} not found; pass existing JSONL files to --sets")
+                raise UserError(f"evaluation set {str(path)!r} not found; pass existing JSONL files to --sets")
             name = name or _set_name(path, set(out))
             records = load_records(path, skip_bad=skip_bad, require_response=False, tokenizer=tokenizer).records
         else:
             records = list(source)
         if not records:
-            raise ValueError(f"evaluation set {name!r} has no records")
+            raise UserError(f"evaluation set {name!r} has no records")
         out[name] = records[:max_examples] if max_examples > 0 else records
     return out
 
@@ -82,7 +83,7 @@ def generation_passes(cfg: Config) -> tuple[GenerationConfig, list[tuple[str, in
     if greedy:
         return dataclasses.replace(cfg.generation, do_sample=False), [("greedy", (cfg.eval.seeds or [0])[0])]
     if not cfg.eval.seeds:
-        raise ValueError("eval.seeds is empty: give at least one seed (e.g. eval.seeds=[10,20,30,40,50]) "
+        raise UserError("eval.seeds is empty: give at least one seed (e.g. eval.seeds=[10,20,30,40,50]) "
                          "or set eval.greedy=true")
     return cfg.generation, [(f"seed{s}", int(s)) for s in cfg.eval.seeds]
 
@@ -110,9 +111,7 @@ def model_fingerprint(model) -> str | None:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 def read_generations(path: Path, key: str, n: int) -> list[str] | None:
@@ -229,14 +228,14 @@ def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, 
     specs = task_specs(name, records)
     references = [record_references(r) for r in records]
     if not any(references) and not any(specs):
-        raise ValueError(f"set {name!r}: no record has a 'response' or 'references' and none names a 'task'; "
+        raise UserError(f"set {name!r}: no record has a 'response' or 'references' and none names a 'task'; "
                          "nothing to score against (vicuna: import with --answers)")
     prompts = [build_prompt(r, d.template) for r in records]
     predictions, files = _generate_passes(model, tokenizer, name, prompts, references, cfg, base_key, out_dir, progress)
     try:
         scores = task_scores(predictions, records, specs)
     except ValueError as err:  # a record the task cannot parse
-        raise ValueError(f"set {name!r}: {err}") from None
+        raise UserError(f"set {name!r}: {err}") from None
     if cfg.eval.semantic:
         scores = {**semantic_scores(predictions, references, encoder or load_encoder(cfg.eval.semantic)), **scores}
     result = {"n_examples": len(records), "passes": [tag for tag, _ in passes], "seeds": [s for _, s in passes],
@@ -402,11 +401,11 @@ def _evaluate_from_args(args: argparse.Namespace) -> dict:
     out = Path(args.out or cfg.eval.output_dir or Path(cfg.train.output_dir) / "eval")
     cfg.eval.output_dir = str(out)
     if not cfg.eval.sets:
-        raise ValueError("no evaluation sets: pass --sets FILE [FILE ...] (or eval.sets=[a.jsonl] in the config)")
+        raise UserError("no evaluation sets: pass --sets FILE [FILE ...] (or eval.sets=[a.jsonl] in the config)")
     for path in cfg.eval.sets:
         if not Path(path).is_file():
             hint = " (dotted overrides go before --sets, which takes every word after it)" if "=" in path else ""
-            raise ValueError(f"evaluation set {path!r} not found; pass existing JSONL files to --sets{hint}")
+            raise UserError(f"evaluation set {path!r} not found; pass existing JSONL files to --sets{hint}")
     check_writable(out, "--out")  # before the work, not after it
     model, tokenizer, teacher, vocab = _load_models(cfg, model_path, teacher_path)
     return evaluate_model(model, tokenizer, cfg.eval.sets, cfg, teacher, out, progress=cfg.train.progress,

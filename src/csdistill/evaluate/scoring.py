@@ -12,6 +12,7 @@ import torch
 
 from csdistill.evaluate import metrics as M
 from csdistill.evaluate.semantic import semantic_similarity_per_pass
+from csdistill.errors import UserError
 
 
 def record_references(record: dict) -> list[str]:
@@ -33,7 +34,7 @@ def task_specs(name: str, records: Sequence[dict]) -> list:
         try:
             specs.append(get_task(record["task"]) if record.get("task") else None)
         except ValueError as err:
-            raise ValueError(f"set {name!r}, record {i}: {err}") from None
+            raise UserError(f"set {name!r}, record {i}: {err}") from None
     return specs
 
 
@@ -83,10 +84,10 @@ def comet_scores(model_path: str, sources: Sequence[str], passes: Sequence[Seque
     try:
         from comet import load_from_checkpoint
     except ImportError:
-        raise ValueError(f"eval.comet_model={model_path!r}: COMET needs the optional 'unbabel-comet' package "
+        raise UserError(f"eval.comet_model={model_path!r}: COMET needs the optional 'unbabel-comet' package "
                          "(pip install unbabel-comet); or leave eval.comet_model empty") from None
     if not Path(model_path).is_file():
-        raise ValueError(f"eval.comet_model={model_path!r} not found; pass the path of a downloaded COMET "
+        raise UserError(f"eval.comet_model={model_path!r} not found; pass the path of a downloaded COMET "
                          "checkpoint (…/checkpoints/model.ckpt)")
     comet = load_from_checkpoint(model_path)
     keep = [i for i, refs in enumerate(references) if refs]

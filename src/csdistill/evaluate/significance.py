@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from csdistill.errors import UserError
 
 N_RESAMPLES = 2000
 LEVEL = 0.95
@@ -28,7 +29,7 @@ def read_predictions(path: Path, n: int) -> list[str]:
     """The predictions of one generations file, in record order (n lines expected)."""
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if len(lines) != n:
-        raise ValueError(f"{path}: {len(lines)} generations for a set of {n} records; re-run the evaluation")
+        raise UserError(f"{path}: {len(lines)} generations for a set of {n} records; re-run the evaluation")
     return [line["prediction"] for line in sorted(lines, key=lambda line: line["index"])]
 
 
@@ -64,7 +65,7 @@ def bootstrap_difference(a: torch.Tensor, b: torch.Tensor, seed: int = 0, n_resa
     interval excludes 0)}.
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] == 0:
-        raise ValueError(f"bootstrap_difference: a {tuple(a.shape)} and b {tuple(b.shape)} must be (seeds, examples) "
+        raise UserError(f"bootstrap_difference: a {tuple(a.shape)} and b {tuple(b.shape)} must be (seeds, examples) "
                          "over the same, non-empty examples")
     g = torch.Generator().manual_seed(seed)
     n = a.shape[1]

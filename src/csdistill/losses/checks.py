@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+from csdistill.errors import NonFiniteLogitsError, UserError
 
 _CHECK_FINITE = True
 
@@ -36,16 +37,16 @@ def check_same_shape(student_logits: torch.Tensor, teacher_logits: torch.Tensor)
     """Raise ValueError unless both logits tensors have the same shape ``(..., V)``."""
     s_shape, t_shape = tuple(student_logits.shape), tuple(teacher_logits.shape)
     if not s_shape or not t_shape:
-        raise ValueError(f"logits must have shape (..., V); got student_logits {s_shape}, "
+        raise UserError(f"logits must have shape (..., V); got student_logits {s_shape}, "
                          f"teacher_logits {t_shape}")
     if s_shape[-1] != t_shape[-1]:
-        raise ValueError(
+        raise UserError(
             f"vocab mismatch: student_logits has V={s_shape[-1]} (shape {s_shape}), teacher_logits "
             f"has V={t_shape[-1]} (shape {t_shape}). Models must share a "
             "tokenizer; for a padded teacher vocabulary use align_teacher_vocab(teacher_logits, "
             f"{s_shape[-1]}) to compare the shared id range.")
     if s_shape != t_shape:
-        raise ValueError(
+        raise UserError(
             f"shape mismatch: student_logits {s_shape} vs teacher_logits {t_shape}; both must be "
             "(..., V) over the same positions.")
 
@@ -59,7 +60,7 @@ def align_teacher_vocab(teacher_logits: torch.Tensor, student_vocab_size: int) -
     """
     teacher_vocab = teacher_logits.shape[-1]
     if teacher_vocab < student_vocab_size:
-        raise ValueError(
+        raise UserError(
             f"vocab mismatch: teacher V={teacher_vocab} < student V={student_vocab_size}; a "
             "teacher vocabulary smaller than the student's is not a padded copy of it — the "
             "models must share a tokenizer.")
@@ -76,7 +77,7 @@ def _scan_non_finite(logits: torch.Tensor, who: str) -> torch.Tensor:
     bad = torch.isnan(logits) | (logits == math.inf)
     n_bad = _count_positions(bad)
     if n_bad:
-        raise ValueError(
+        raise NonFiniteLogitsError(
             f"non-finite {who} logits (NaN or +inf) at {n_bad} positions; check for fp16 overflow "
             "or a diverged model (compute in bf16/fp32). Only -inf is allowed, as a masked "
             "vocabulary entry present in both models.")
@@ -87,7 +88,7 @@ def check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
     """Validate a logits pair; return None, or the bool mask (..., V) of masked (-inf) entries.
 
     Shapes must match (see :func:`check_same_shape`). When the finiteness check is enabled,
-    NaN/+inf raise ValueError, and -inf must appear at the same entries in both tensors.
+    NaN/+inf raise NonFiniteLogitsError, and -inf must appear at the same entries in both tensors.
     """
     check_same_shape(student_logits, teacher_logits)
     if not _CHECK_FINITE:
@@ -100,12 +101,12 @@ def check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
         teacher_masked = _scan_non_finite(teacher_logits.detach(), "teacher")
         one_sided = student_masked ^ teacher_masked
         if bool(one_sided.any()):
-            raise ValueError(
+            raise UserError(
                 f"-inf logits in only one model at {_count_positions(one_sided)} positions; "
                 "-inf is allowed only as a masked vocabulary entry, at the same index in both "
                 "student_logits and teacher_logits.")
         if bool(student_masked.all(dim=-1).any()):
-            raise ValueError("a position has every vocabulary entry at -inf; at least one "
+            raise UserError("a position has every vocabulary entry at -inf; at least one "
                              "token must stay unmasked.")
         return student_masked if bool(student_masked.any()) else None  # sum overflowed only
 
@@ -113,31 +114,31 @@ def check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
 def check_positive(name: str, value: float, loss: str) -> None:
     """Raise ValueError unless ``value`` is a finite number > 0."""
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{loss}: {name}={value!r} is invalid; it must be a finite number > 0 "
+        raise UserError(f"{loss}: {name}={value!r} is invalid; it must be a finite number > 0 "
                          f"(e.g. {name}=1.0).")
 
 
 def check_unit_interval(name: str, value: float, loss: str) -> None:
     """Raise ValueError unless ``value`` is a number in [0, 1]."""
     if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{loss}: {name}={value!r} is out of range; it must lie in [0, 1].")
+        raise UserError(f"{loss}: {name}={value!r} is out of range; it must lie in [0, 1].")
 
 
 def check_real(name: str, value: float, loss: str) -> None:
     """Raise ValueError unless ``value`` is a finite real number."""
     if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{loss}: {name}={value!r} is invalid; it must be a finite real number.")
+        raise UserError(f"{loss}: {name}={value!r} is invalid; it must be a finite real number.")
 
 
 def check_choice(name: str, value, choices, loss: str) -> None:
     """Raise ValueError unless ``value`` is one of ``choices`` (listed in the message)."""
     if value not in choices:
-        raise ValueError(f"{loss}: {name}={value!r} is not valid; choose one of "
+        raise UserError(f"{loss}: {name}={value!r} is not valid; choose one of "
                          f"{', '.join(repr(c) for c in choices)}.")
 
 
 def reject_masked(masked, loss: str) -> None:
     """Raise ValueError when masked (-inf) vocabulary entries reach a loss that cannot skip them."""
     if masked is not None:
-        raise ValueError(f"{loss}: masked (-inf) vocabulary entries are not supported by this "
+        raise UserError(f"{loss}: masked (-inf) vocabulary entries are not supported by this "
                          "loss; use csd or a KL-family loss, or replace -inf by a finite value.")

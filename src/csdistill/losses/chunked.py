@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from csdistill.losses.checks import check_logits
 from csdistill.losses.reduce import _as_count, valid_mask
 from csdistill.losses.registry import LOSS_NAMES, get_loss_kernel
+from csdistill.errors import UserError
 
 DEFAULT_CHUNK_ELEMENTS = 20 * 2**20  # logits entries per chunk (rows × V); 80 MiB in float32
 MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 64, 1024  # see the chunk-size rule in the module docstring
@@ -83,7 +84,7 @@ def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher
     _check_bias(student_bias, vocab, "student_bias")
     rows = default_chunk_size(vocab) if chunk_size is None else chunk_size
     if not isinstance(rows, int) or rows < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} is invalid; pass a positive int of positions "
+        raise UserError(f"chunk_size={chunk_size!r} is invalid; pass a positive int of positions "
                          "per chunk, or None for the default.")
     mask = valid_mask(labels)  # (...)
     hidden = student_hidden[mask]  # (N, H_s): differentiable gather of the valid positions
@@ -98,7 +99,7 @@ def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher
                                          denominator, compute_dtype(student_hidden))
 
 
-# ---- sparse teacher (issue 9): student side chunked, teacher rows given (e.g. a top-k cache) ----
+# ---- sparse teacher: student side chunked, teacher rows given (e.g. a top-k cache) ----
 def fused_linear_sparse_distill(student_hidden, student_weight, teacher_rows, labels, loss_fn,
                                 chunk_size=None, student_bias=None, num_valid_tokens=None) -> torch.Tensor:
     """Σ_valid loss_fn(h_s W_sᵀ + b_s, teacher_rows[i]) / n — the fused engine with no teacher head.
@@ -112,7 +113,7 @@ def fused_linear_sparse_distill(student_hidden, student_weight, teacher_rows, la
     mask = valid_mask(labels)  # (...)
     hidden = student_hidden[mask]  # (N, H_s)
     if len(teacher_rows) != hidden.shape[0]:
-        raise ValueError(f"{len(teacher_rows)} teacher rows for {hidden.shape[0]} valid positions; the "
+        raise UserError(f"{len(teacher_rows)} teacher rows for {hidden.shape[0]} valid positions; the "
                          "teacher rows must cover exactly the positions with a label.")
     count = mask.sum() if num_valid_tokens is None else _as_count(num_valid_tokens)
     with torch.autocast(student_hidden.device.type, enabled=False):
@@ -196,7 +197,7 @@ class _AutogradBody:
         with torch.enable_grad():
             per_position = self.loss_fn(student_logits, teacher_logits)  # (n,)
             if tuple(per_position.shape) != tuple(student_logits.shape[:-1]):
-                raise ValueError(f"loss callable returned shape {tuple(per_position.shape)}; a "
+                raise UserError(f"loss callable returned shape {tuple(per_position.shape)}; a "
                                  "per-position loss must return "
                                  f"{tuple(student_logits.shape[:-1])}.")
             chunk_sum = per_position.float().sum()
@@ -316,7 +317,7 @@ def _compile_mode(compile) -> str:
     """"auto" | "true" | "false" from the argument (bools accepted)."""
     mode = ("true" if compile else "false") if isinstance(compile, bool) else compile
     if mode not in COMPILE_MODES:
-        raise ValueError(f"compile={compile!r} is invalid; choose auto, true or false "
+        raise UserError(f"compile={compile!r} is invalid; choose auto, true or false "
                          "(loss.compile in the config).")
     return mode
 
@@ -324,14 +325,14 @@ def _compile_mode(compile) -> str:
 def _resolve_loss(loss, loss_params: dict, mode: str):
     if isinstance(loss, str):
         if loss not in LOSS_NAMES:
-            raise ValueError(f"loss={loss!r} is unknown; choose one of {', '.join(LOSS_NAMES)}.")
+            raise UserError(f"loss={loss!r} is unknown; choose one of {', '.join(LOSS_NAMES)}.")
         return _KernelBody(get_loss_kernel(loss, **loss_params), mode)
     if callable(loss):
         if loss_params:
-            raise ValueError(f"loss is a callable, so loss_params {sorted(loss_params)} cannot be "
+            raise UserError(f"loss is a callable, so loss_params {sorted(loss_params)} cannot be "
                              "applied; bind them with functools.partial or pass a loss name.")
         return _AutogradBody(loss)
-    raise ValueError(f"loss={loss!r} must be a registry name (see LOSS_NAMES) or a callable.")
+    raise UserError(f"loss={loss!r} must be a registry name (see LOSS_NAMES) or a callable.")
 
 
 def _check_inputs(student_hidden, student_weight, teacher_hidden, teacher_weight, labels) -> None:
@@ -340,14 +341,14 @@ def _check_inputs(student_hidden, student_weight, teacher_hidden, teacher_weight
     for who, hidden, weight in (("student", student_hidden, student_weight),
                                 ("teacher", teacher_hidden, teacher_weight)):
         if tuple(hidden.shape[:-1]) != positions:
-            raise ValueError(f"{who}_hidden shape {tuple(hidden.shape)} does not match labels "
+            raise UserError(f"{who}_hidden shape {tuple(hidden.shape)} does not match labels "
                              f"shape {positions}; expected hidden (..., H) over the same "
                              "positions.")
         if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-            raise ValueError(f"{who}_weight shape {tuple(weight.shape)} does not fit {who}_hidden "
+            raise UserError(f"{who}_weight shape {tuple(weight.shape)} does not fit {who}_hidden "
                              f"size H={hidden.shape[-1]}; expected (V, {hidden.shape[-1]}).")
         if compute_dtype(weight) != compute_dtype(hidden):  # autocast would unify them, as in F.linear
-            raise ValueError(f"{who}_weight dtype {weight.dtype} != {who}_hidden dtype "
+            raise UserError(f"{who}_weight dtype {weight.dtype} != {who}_hidden dtype "
                              f"{hidden.dtype}; cast both to one dtype.")
 
 
@@ -355,7 +356,7 @@ def _shared_vocab(teacher_weight, teacher_bias, student_vocab: int):
     """Keep the teacher head rows [0, V_s) (padded vocab); a smaller teacher vocab is an error."""
     _check_bias(teacher_bias, teacher_weight.shape[0], "teacher_bias")
     if teacher_weight.shape[0] < student_vocab:
-        raise ValueError(
+        raise UserError(
             f"vocab mismatch: teacher_weight has V={teacher_weight.shape[0]} rows, student_weight "
             f"V={student_vocab}; a teacher vocabulary smaller than the student's means different "
             "tokenizers, which is not supported.")
@@ -365,5 +366,5 @@ def _shared_vocab(teacher_weight, teacher_bias, student_vocab: int):
 
 def _check_bias(bias, vocab: int, name: str) -> None:
     if bias is not None and tuple(bias.shape) != (vocab,):
-        raise ValueError(f"{name} shape {tuple(bias.shape)} != ({vocab},); expected one bias per "
+        raise UserError(f"{name} shape {tuple(bias.shape)} != ({vocab},); expected one bias per "
                          "vocabulary entry.")

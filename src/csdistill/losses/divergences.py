@@ -19,6 +19,7 @@ from csdistill.losses.checks import (check_choice, check_logits, check_positive,
                                      check_unit_interval, reject_masked)
 from csdistill.losses.ops import closed_form_loss, row_dot
 from csdistill.losses.reduce import IGNORE_INDEX
+from csdistill.errors import UserError
 
 _MASKED_LOGIT = -1e30  # finite stand-in for -inf: exp underflows to exactly 0, no NaN in 0·log 0
 
@@ -401,7 +402,7 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Positions with label == IGNORE_INDEX get 0. Labels must already be aligned (shift_labels).
     """
     if tuple(logits.shape[:-1]) != tuple(labels.shape):
-        raise ValueError(f"cross_entropy: logits shape {tuple(logits.shape)} does not match labels "
+        raise UserError(f"cross_entropy: logits shape {tuple(logits.shape)} does not match labels "
                          f"shape {tuple(labels.shape)}; expected logits (..., V) and labels (...).")
     flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                            reduction="none", ignore_index=IGNORE_INDEX)  # (N,)

@@ -9,6 +9,7 @@ change the result.
 from __future__ import annotations
 
 import torch
+from csdistill.errors import UserError
 
 IGNORE_INDEX = -100  # label value of positions that carry no loss (prompt, padding)
 
@@ -25,7 +26,7 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     column is IGNORE_INDEX (nothing follows it). Position i is valid iff it predicts a real token.
     """
     if labels.dim() != 2:
-        raise ValueError(f"shift_labels: labels must have shape (B, T); got {tuple(labels.shape)}. "
+        raise UserError(f"shift_labels: labels must have shape (B, T); got {tuple(labels.shape)}. "
                          "Add a batch dimension with labels[None].")
     shifted = torch.full_like(labels, IGNORE_INDEX)  # (B, T)
     shifted[:, :-1] = labels[:, 1:]
@@ -48,7 +49,7 @@ def token_mean(per_position: torch.Tensor, labels_or_mask: torch.Tensor,
     """
     mask = labels_or_mask if labels_or_mask.dtype == torch.bool else valid_mask(labels_or_mask)
     if tuple(per_position.shape) != tuple(mask.shape):
-        raise ValueError(f"token_mean: per_position shape {tuple(per_position.shape)} != labels/"
+        raise UserError(f"token_mean: per_position shape {tuple(per_position.shape)} != labels/"
                          f"mask shape {tuple(mask.shape)}; pass labels aligned to the positions "
                          "(see shift_labels).")
     total = torch.where(mask, per_position.float(), 0.0).sum()  # ()
@@ -60,6 +61,6 @@ def _as_count(num_valid_tokens) -> torch.Tensor:
     """Validate a user-given token count (int or scalar tensor) and return it as a tensor."""
     count = torch.as_tensor(num_valid_tokens)
     if count.numel() != 1 or bool(count < 0):
-        raise ValueError(f"num_valid_tokens={num_valid_tokens!r} is invalid; pass the global "
+        raise UserError(f"num_valid_tokens={num_valid_tokens!r} is invalid; pass the global "
                          "number of valid tokens, a non-negative scalar (e.g. count_valid(labels)).")
     return count.reshape(())

@@ -14,6 +14,7 @@ import torch
 
 from csdistill.losses import divergences as div
 from csdistill.losses.csd import csd, csd_kernel
+from csdistill.errors import UserError
 from csdistill.losses.divergences import (ab_divergence, dld, forward_kl, generalized_jsd,
                                           jeffreys, reverse_kl, skew_forward_kl,
                                           skew_reverse_kl, symmetric_kl, tvd)
@@ -43,7 +44,7 @@ _KERNELS: dict[str, Callable] = {
 
 def _lookup(name: str) -> Callable:
     if name not in _LOSSES:
-        raise ValueError(f"loss={name!r} is unknown; choose one of {', '.join(LOSS_NAMES)}.")
+        raise UserError(f"loss={name!r} is unknown; choose one of {', '.join(LOSS_NAMES)}.")
     return _LOSSES[name]
 
 
@@ -62,7 +63,7 @@ def get_loss(name: str, **params) -> Callable[[torch.Tensor, torch.Tensor], torc
     accepted = loss_param_names(name)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ValueError(f"loss {name!r} got unknown parameter(s) {unknown}; it accepts "
+        raise UserError(f"loss {name!r} got unknown parameter(s) {unknown}; it accepts "
                          f"{list(accepted)}.")
     bound = functools.partial(fn, **params)
     with torch.no_grad():

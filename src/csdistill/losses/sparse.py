@@ -46,6 +46,7 @@ from typing import Callable
 import torch
 
 from csdistill.losses.checks import check_choice
+from csdistill.errors import UserError
 
 SPARSE_TAILS = ("support", "bucket")
 SPARSE_LOSS_NAMES = ("csd", "fkl", "rkl", "skl", "srkl", "jsd", "tvd", "sym_kl", "jeffreys")
@@ -94,7 +95,7 @@ def sparse_from_logits(teacher_logits: torch.Tensor, labels: torch.Tensor, k: in
     """
     vocab = teacher_logits.shape[-1]
     if not 1 <= k <= vocab:
-        raise ValueError(f"top-k={k} is invalid for a vocabulary of V={vocab}; choose 1 <= k <= V.")
+        raise UserError(f"top-k={k} is invalid for a vocabulary of V={vocab}; choose 1 <= k <= V.")
     log_p = torch.log_softmax(teacher_logits.float(), -1)  # (N, V)
     logprobs, ids = log_p.topk(k, dim=-1)  # (N, k), sorted
     target = log_p.gather(1, labels.long()[:, None])[:, 0]  # (N,)
@@ -144,10 +145,10 @@ def _check_sparse(student_logits: torch.Tensor, teacher: SparseTeacher) -> None:
     """Shapes and id range; a cache of another vocabulary is a clear error, not an index crash."""
     n, vocab = student_logits.shape
     if teacher.ids.dim() != 2 or teacher.ids.shape[0] != n or teacher.labels.shape != (n,):
-        raise ValueError(f"sparse teacher rows {tuple(teacher.ids.shape)} do not match the student's {n} "
+        raise UserError(f"sparse teacher rows {tuple(teacher.ids.shape)} do not match the student's {n} "
                          "valid positions; the cache must be built from the same data and lengths.")
     if n and int(torch.maximum(teacher.ids.max(), teacher.labels.max())) >= vocab:
-        raise ValueError(f"sparse teacher holds token ids up to {int(teacher.ids.max())} but the student "
+        raise UserError(f"sparse teacher holds token ids up to {int(teacher.ids.max())} but the student "
                          f"has V={vocab} logits; the cache was built with a different vocabulary — "
                          "re-run `csdistill teacher cache` with this tokenizer.")
 
@@ -161,10 +162,10 @@ def get_sparse_loss(name: str, tail: str = "support", **params) -> Callable:
 
     check_choice("sparse_tail", tail, SPARSE_TAILS, "sparse loss")
     if name not in SPARSE_LOSS_NAMES:
-        raise ValueError(f"loss={name!r} has no sparse-teacher form (it needs the full teacher logits); "
+        raise UserError(f"loss={name!r} has no sparse-teacher form (it needs the full teacher logits); "
                          f"with a top-k teacher cache choose one of {', '.join(SPARSE_LOSS_NAMES)}.")
     if tail == "bucket" and params.get("temperature", 1.0) != 1.0:
-        raise ValueError(f"loss.sparse_tail='bucket' with loss.temperature={params['temperature']}: the cache "
+        raise UserError(f"loss.sparse_tail='bucket' with loss.temperature={params['temperature']}: the cache "
                          "stores the teacher's tail mass at temperature 1 only; set loss.temperature=1 or "
                          "loss.sparse_tail=support.")
     dense = get_loss(name, **params)

@@ -25,6 +25,7 @@ import random
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
+from csdistill.errors import UserError
 
 MAX_CHARS = 48  # len(instruction) + len(response) never exceeds this (no template included)
 ALPHABET = " +:0123456789abcdefghijklmnopqrstuvwxyz"  # every character any record field uses
@@ -77,10 +78,10 @@ def _split_known(payload: str, known, what: str, lengths: tuple[int, ...]) -> li
     """Split a payload into distinct known items, or raise ValueError naming the bad value."""
     items = payload.split()
     if len(items) not in lengths or len(set(items)) != len(items):
-        raise ValueError(f"payload={payload!r}: expected {'/'.join(map(str, lengths))} distinct {what}")
+        raise UserError(f"payload={payload!r}: expected {'/'.join(map(str, lengths))} distinct {what}")
     unknown = [item for item in items if item not in known]
     if unknown:
-        raise ValueError(f"payload={payload!r}: unknown {what} {unknown}; known: {' '.join(known)}")
+        raise UserError(f"payload={payload!r}: unknown {what} {unknown}; known: {' '.join(known)}")
     return items
 
 
@@ -119,7 +120,7 @@ def solve_shift(payload: str) -> str:
     """Each letter replaced by the next one, z wrapping to a: 'cazy' -> 'dbaz'."""
     letters = payload.strip()
     if not set(letters) <= set(SHIFT_LETTERS):
-        raise ValueError(f"payload={payload!r}: expected lowercase letters only, e.g. 'cazy'")
+        raise UserError(f"payload={payload!r}: expected lowercase letters only, e.g. 'cazy'")
     return "".join(SHIFT_LETTERS[(SHIFT_LETTERS.index(c) + 1) % len(SHIFT_LETTERS)] for c in letters)
 
 
@@ -140,7 +141,7 @@ def solve_add(payload: str) -> str:
     """Sum of two LSB-first operands, LSB first: '73+54' (37 + 45) -> '28' (82)."""
     left, sep, right = payload.strip().partition("+")
     if not (sep and left.isdigit() and right.isdigit()):
-        raise ValueError(f"payload={payload!r}: expected two LSB-first numbers joined by '+', e.g. '73+54'")
+        raise UserError(f"payload={payload!r}: expected two LSB-first numbers joined by '+', e.g. '73+54'")
     return lsb_first(int(left[::-1]) + int(right[::-1]))
 
 
@@ -207,6 +208,6 @@ def payload_of(task: TaskDef, instruction: str) -> str:
     """The payload of a prompt of `task`, or ValueError if the instruction has another tag."""
     prefix = f"{task.tag}: "
     if not instruction.startswith(prefix):
-        raise ValueError(f"record['instruction']={instruction!r} is not a {task.name!r} prompt; "
+        raise UserError(f"record['instruction']={instruction!r} is not a {task.name!r} prompt; "
                          f"it must start with {prefix!r}")
     return instruction[len(prefix):]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Callable
+from csdistill.errors import UserError
 
 Record = dict
 
@@ -32,7 +33,7 @@ _TASKS: dict[str, TaskSpec] = {}
 
 def register_task(spec: TaskSpec) -> TaskSpec:
     if spec.kind not in ("exact", "distribution", "open"):
-        raise ValueError(f"task {spec.name!r}: kind={spec.kind!r}; choose exact, distribution or open")
+        raise UserError(f"task {spec.name!r}: kind={spec.kind!r}; choose exact, distribution or open")
     _TASKS[spec.name] = spec
     return spec
 
@@ -40,7 +41,7 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 def get_task(name: str) -> TaskSpec:
     _load_builtin()
     if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(_TASKS))}")
+        raise UserError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(_TASKS))}")
     return _TASKS[name]
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from csdistill.seeding import derive_seed
 from csdistill.tasks.generators import ALPHABET, MAX_CHARS, TASK_DEFS, TaskDef, instruction_for, payload_of
 from csdistill.tasks.registry import TaskSpec, register_task
+from csdistill.errors import UserError
 
 # The default selection, in this order. `add` (LSB-first addition) is registered but left out: in a CPU
 # probe (0.6M-parameter char GPT, 800 steps of 32 on 4000 train records) every default task was learnt
@@ -50,7 +51,7 @@ def suite_alphabet() -> str:
 
 def _task_def(name: str) -> TaskDef:
     if name not in TASK_DEFS:
-        raise ValueError(f"tasks: unknown suite task {name!r}; choose from {', '.join(TASK_DEFS)}")
+        raise UserError(f"tasks: unknown suite task {name!r}; choose from {', '.join(TASK_DEFS)}")
     return TASK_DEFS[name]
 
 
@@ -58,7 +59,7 @@ def true_distribution(name: str, record: dict) -> dict[str, float]:
     """Closed-form {output: probability} of a distribution-task record, computed from its instruction."""
     task = _task_def(name)
     if task.distribution is None:
-        raise ValueError(f"task {name!r} is exact and has no output distribution; use its answer")
+        raise UserError(f"task {name!r} is exact and has no output distribution; use its answer")
     return task.distribution(payload_of(task, record["instruction"]))
 
 
@@ -143,7 +144,7 @@ def _task_splits(task: TaskDef, seed: int, counts: dict[str, int]) -> dict[str, 
     """All splits of one task: held-out prompts first (distinct, disjoint), then train (may repeat)."""
     held_out = sum(counts[s] for s in HELD_OUT_SPLITS)
     if held_out > task.space_size // 2:
-        raise ValueError(f"n_test + n_validation + n_warmup gives task {task.name!r} {held_out} held-out prompts, but "
+        raise UserError(f"n_test + n_validation + n_warmup gives task {task.name!r} {held_out} held-out prompts, but "
                          f"it has only {task.space_size} distinct prompts (at most half may be held out); "
                          f"lower the held-out sizes or drop the task")
     used: set[str] = set()
@@ -162,7 +163,7 @@ def _resolve_weights(tasks: list[str], train_weights: dict[str, float] | None) -
     for name, value in weights.items():
         _task_def(name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-            raise ValueError(f"train_weights[{name!r}]={value!r}: must be a number > 0 "
+            raise UserError(f"train_weights[{name!r}]={value!r}: must be a number > 0 "
                              "(to leave a task out, omit it from tasks)")
     return [float(weights.get(name, 1.0)) for name in tasks]
 
@@ -170,11 +171,11 @@ def _resolve_weights(tasks: list[str], train_weights: dict[str, float] | None) -
 def _validate_sizes(sizes: dict[str, int], tasks: list[str]) -> None:
     for key, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{key}={value!r}: must be an integer >= 0")
+            raise UserError(f"{key}={value!r}: must be an integer >= 0")
     if not tasks:
-        raise ValueError("tasks=[]: choose at least one of " + ", ".join(TASK_DEFS))
+        raise UserError("tasks=[]: choose at least one of " + ", ".join(TASK_DEFS))
     if len(set(tasks)) != len(tasks):
-        raise ValueError(f"tasks={tasks!r}: each task may be listed once")
+        raise UserError(f"tasks={tasks!r}: each task may be listed once")
     for name in tasks:
         _task_def(name)
 
@@ -282,7 +283,7 @@ def parse_train_weights(text: str | None) -> dict[str, float] | None:
         try:
             weights[name.strip()] = float(value)
         except ValueError:  # also when '=' is missing: float('') fails
-            raise ValueError(f"--train-weights={text!r}: {item!r} is not task=number; write e.g. add=3") from None
+            raise UserError(f"--train-weights={text!r}: {item!r} is not task=number; write e.g. add=3") from None
     return weights
 
 

@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
+from csdistill.files import atomic_open, atomic_write_text
+from csdistill.errors import UserError
 
 CORE_COLUMNS = ("step", "loss", "lr", "tokens_per_s", "elapsed", "val_loss")
 
 
 def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -32,7 +32,7 @@ def read_metrics(path: Path) -> list[dict]:
         try:
             row = json.loads(line)
             if not isinstance(row, dict):
-                raise ValueError("not an object")
+                raise UserError("not an object")
         except ValueError:
             if number == len(lines):
                 print(f"csdistill: warning: {path}:{number}: dropping a half-written last line", file=sys.stderr)
@@ -76,12 +76,10 @@ class MetricsLogger:
     def _write_csv(self) -> None:
         # Columns vary (val_loss and callback metrics appear only on eval steps): rewrite the small file.
         extra = sorted({k for row in self.history for k in row} - set(CORE_COLUMNS))
-        tmp = self.dir / "metrics.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_open(self.dir / "metrics.csv", "w") as f:
             writer = csv.DictWriter(f, fieldnames=[*CORE_COLUMNS, *extra], restval="")
             writer.writeheader()
             writer.writerows(self.history)
-        tmp.replace(self.dir / "metrics.csv")
 
     def log(self, row: dict) -> None:
         """Append one record (must hold 'step'); scalars only."""

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 
 from csdistill.checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint
 from csdistill.config import Config, config_hash, loss_params, to_dict, to_yaml
-from csdistill.errors import CheckpointError, OutputDirError, UserError, check_writable
+from csdistill.errors import CheckpointError, NonFiniteLogitsError, OutputDirError, UserError, check_writable
 from csdistill.train.dataset import load_train_data
 from csdistill.train.logging import MetricsLogger
 from csdistill.train.output_dir import RunLock, check_earlier_run, config_changes, warn
@@ -318,9 +318,7 @@ def _train(run: Run) -> TrainResult:
         step_start = time.perf_counter()
         try:
             stats = train_step(run, step)
-        except ValueError as err:  # losses.checks: "non-finite student logits (NaN or +inf) ..."
-            if "non-finite" not in str(err):
-                raise
+        except NonFiniteLogitsError as err:  # losses.checks: NaN/+inf in the student's or teacher's logits
             logger.close()
             raise _divergence_error(run, step, lr, checkpoint, str(err).split(";")[0]) from err
         if _diverged(run, stats):  # nothing is saved after a non-finite step

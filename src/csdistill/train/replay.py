@@ -12,12 +12,13 @@ from collections import deque
 from pathlib import Path
 
 import torch
+from csdistill.errors import UserError
 
 
 class ReplayBuffer:
     def __init__(self, capacity: int):
         if capacity < 1:
-            raise ValueError(f"train.buffer_size={capacity}: must be >= 1")
+            raise UserError(f"train.buffer_size={capacity}: must be >= 1")
         self.capacity = capacity
         self.items: deque[dict] = deque(maxlen=capacity)  # oldest dropped first
 

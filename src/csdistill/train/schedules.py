@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from csdistill.config import TrainConfig
+from csdistill.errors import UserError
 
 
 def lr_multiplier(name: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -18,7 +19,7 @@ def lr_multiplier(name: str, warmup_steps: int, total_steps: int) -> Callable[[i
     progress runs from 0 (end of warm-up) to 1 (last step).
     """
     if name not in ("cosine", "linear", "constant"):
-        raise ValueError(f"train.scheduler={name!r} is not valid; choose one of: cosine, linear, constant")
+        raise UserError(f"train.scheduler={name!r} is not valid; choose one of: cosine, linear, constant")
 
     def multiplier(step: int) -> float:
         if step < warmup_steps:
