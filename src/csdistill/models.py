@@ -127,19 +127,19 @@ def _is_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or Path(name).exists()
 
 
-def _load_error(what: str, name: str, err: Exception) -> ValueError:
+def _load_error(what: str, name: str, err: Exception) -> UserError:
     """A one-line ValueError for a model/tokenizer that could not be loaded, with the fix."""
     if _is_local_path(name):
         if not Path(name).expanduser().exists():
-            return ValueError(f"{what} {name!r}: the path does not exist; pass an existing directory "
+            return UserError(f"{what} {name!r}: the path does not exist; pass an existing directory "
                               "(save_pretrained format), a hub id or preset:<name>")
-        return ValueError(f"{what} {name!r}: the directory could not be loaded ({type(err).__name__}: "
+        return UserError(f"{what} {name!r}: the directory could not be loaded ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); it must hold a save_pretrained() copy")
     if _offline():
-        return ValueError(f"{what} {name!r} is not a local path and not in the Hugging Face cache, and HF_HUB_OFFLINE "
+        return UserError(f"{what} {name!r} is not a local path and not in the Hugging Face cache, and HF_HUB_OFFLINE "
                           f"is set, so nothing is downloaded; download it first (huggingface-cli download {name}) "
                           "or pass a local directory")
-    return ValueError(f"{what} {name!r} could not be loaded from the hub ({type(err).__name__}: "
+    return UserError(f"{what} {name!r} could not be loaded from the hub ({type(err).__name__}: "
                       f"{str(err).splitlines()[0] if str(err) else ''}); check the id or pass a local directory")
 
 

@@ -36,8 +36,8 @@ class Encoder:
     name: str  # the eval.semantic value it was loaded from
 
 
-def _error(spec: str, why: str, fix: str) -> ValueError:
-    return ValueError(f"eval.semantic={spec!r}: {why}; {fix}, or leave eval.semantic empty to skip the metric")
+def _error(spec: str, why: str, fix: str) -> UserError:
+    return UserError(f"eval.semantic={spec!r}: {why}; {fix}, or leave eval.semantic empty to skip the metric")
 
 
 def encoder_folder(spec: str) -> Path:

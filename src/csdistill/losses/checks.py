@@ -3,15 +3,15 @@
 Bad-input policy (the same for every per-position loss and for the fused engine):
 
 - ``student_logits`` and ``teacher_logits`` must have identical shapes ``(..., V)``. A different
-  last dimension is a vocabulary mismatch and raises ``ValueError`` naming both sizes. A teacher
+  last dimension is a vocabulary mismatch and raises ``UserError`` (a ValueError) naming both sizes. A teacher
   with a *padded* vocabulary of the same family (e.g. 152064 vs 151936) is accepted only by
   :func:`align_teacher_vocab` / the fused engine, which compare the shared id range ``[0, V_s)``.
-- NaN or ``+inf`` in either tensor raises ``ValueError`` with the number of affected positions.
+- NaN or ``+inf`` in either tensor raises ``UserError`` (a ValueError) with the number of affected positions.
 - ``-inf`` is allowed only as a *masked vocabulary entry*: at the same index in both models (a
   banned token). :func:`check_logits` returns the mask of such entries; CSD treats them as outside
   the support (residual 0, weight 0), the KL family gives them probability 0 in both models, and
   ``dld``/``ab`` reject them. ``-inf`` in one model only, or a position with no finite entry,
-  raises ``ValueError``.
+  raises ``UserError`` (a ValueError).
 - The finiteness check costs one sum reduction per tensor in the common all-finite case; the
   slower per-entry scan only runs when that sum is not finite. Disable it with
   ``set_check_finite(False)`` (e.g. in a benchmark); then non-finite inputs give NaN silently.
@@ -34,7 +34,7 @@ def set_check_finite(enabled: bool) -> bool:
 
 
 def check_same_shape(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
-    """Raise ValueError unless both logits tensors have the same shape ``(..., V)``."""
+    """Raise UserError unless both logits tensors have the same shape ``(..., V)``."""
     s_shape, t_shape = tuple(student_logits.shape), tuple(teacher_logits.shape)
     if not s_shape or not t_shape:
         raise UserError(f"logits must have shape (..., V); got student_logits {s_shape}, "
@@ -112,26 +112,26 @@ def check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
 
 
 def check_positive(name: str, value: float, loss: str) -> None:
-    """Raise ValueError unless ``value`` is a finite number > 0."""
+    """Raise UserError unless ``value`` is a finite number > 0."""
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise UserError(f"{loss}: {name}={value!r} is invalid; it must be a finite number > 0 "
                          f"(e.g. {name}=1.0).")
 
 
 def check_unit_interval(name: str, value: float, loss: str) -> None:
-    """Raise ValueError unless ``value`` is a number in [0, 1]."""
+    """Raise UserError unless ``value`` is a number in [0, 1]."""
     if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise UserError(f"{loss}: {name}={value!r} is out of range; it must lie in [0, 1].")
 
 
 def check_real(name: str, value: float, loss: str) -> None:
-    """Raise ValueError unless ``value`` is a finite real number."""
+    """Raise UserError unless ``value`` is a finite real number."""
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UserError(f"{loss}: {name}={value!r} is invalid; it must be a finite real number.")
 
 
 def check_choice(name: str, value, choices, loss: str) -> None:
-    """Raise ValueError unless ``value`` is one of ``choices`` (listed in the message)."""
+    """Raise UserError unless ``value`` is one of ``choices`` (listed in the message)."""
     if value not in choices:
         raise UserError(f"{loss}: {name}={value!r} is not valid; choose one of "
                          f"{', '.join(repr(c) for c in choices)}.")
