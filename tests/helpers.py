@@ -76,3 +76,32 @@ def copy_run(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+# A `csdistill train` that stops before step PAUSE (steps 1..PAUSE done, logged and saved as due), writes
+# <output_dir>/paused-at-PAUSE holding its pid and sleeps, so a test can SIGKILL it there. The loop knows
+# nothing of this: the subprocess wraps its train_step.
+_PAUSED_TRAIN = """
+import os, sys, time
+from pathlib import Path
+import csdistill.train.loop as loop
+from csdistill.cli import main
+
+pause, real_step = int(sys.argv[1]), loop.train_step
+
+def train_step(run, step):
+    if step == pause:
+        (Path(run.cfg.train.output_dir) / f"paused-at-{pause}").write_text(str(os.getpid()))
+        time.sleep(600)
+    return real_step(run, step)
+
+loop.train_step = train_step
+sys.exit(main(["train", *sys.argv[2:]]))
+"""
+
+
+def paused_train_command(pause_after: int, args: list[str]) -> list[str]:
+    """argv of a `csdistill train *args` process that sleeps after step `pause_after` (see _PAUSED_TRAIN)."""
+    import sys
+
+    return [sys.executable, "-c", _PAUSED_TRAIN, str(pause_after), *args]

@@ -158,12 +158,12 @@ def test_unwritable_folders_are_named_before_any_work(toy, tmp_path, monkeypatch
 
 
 def test_enospc_anywhere_is_one_line(monkeypatch, capsys):
-    import csdistill.cli as cli
+    import csdistill.config as config
 
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", "/data/x.bin")
 
-    monkeypatch.setattr(cli, "_cmd_config", full)
+    monkeypatch.setattr(config, "config_command", full)
     assert main(["config"]) == 2
     assert capsys.readouterr().err == "csdistill: error: disk full while writing /data/x.bin: free some space " \
                                       "(or write elsewhere) and rerun\n"

@@ -119,13 +119,12 @@ def test_a_second_run_on_a_locked_folder_refuses_and_a_stale_lock_is_taken_over(
 def test_two_real_runs_on_one_folder(toy, tmp_path):
     """A run paused mid-training holds the folder: a second run refuses; once the first is killed, its
     lock is stale and resume=auto takes over."""
-    from csdistill.train.loop import PAUSE_ENV
+    from helpers import paused_train_command
     from test_train_resume import _wait_for
 
     out = tmp_path / "run"
     args = sft(toy, out, "train.max_steps=3", "train.save_every=1")
-    first = subprocess.Popen([sys.executable, "-m", "csdistill.cli", "train", *args], env={**os.environ, PAUSE_ENV: "2"},
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(paused_train_command(2, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for(out / "paused-at-2", first)
         second = subprocess.run([sys.executable, "-m", "csdistill.cli", "train", *args, "train.resume=auto"],

@@ -1,9 +1,7 @@
 """A run killed with SIGKILL mid-training and resumed ends with the same weights as an uninterrupted run."""
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,8 +10,7 @@ from safetensors.torch import load_file
 
 from csdistill.config import load_config
 from csdistill.train import train
-from csdistill.train.loop import PAUSE_ENV
-from helpers import write_toy_run
+from helpers import paused_train_command, write_toy_run
 
 
 @pytest.fixture
@@ -44,9 +41,9 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(toy):
     killed = toy / "killed"
-    env = {**os.environ, PAUSE_ENV: "5"}  # the run sleeps after step 5; its last checkpoint is step 4
-    proc = subprocess.Popen([sys.executable, "-m", "csdistill.cli", "train", *args(toy, killed)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the run sleeps after step 5; its last checkpoint is step 4
+    proc = subprocess.Popen(paused_train_command(5, args(toy, killed)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     _wait_for(killed / "paused-at-5", proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL

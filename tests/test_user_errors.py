@@ -3,7 +3,7 @@
 
 import pytest
 
-import csdistill.cli as cli
+import csdistill.config as config
 from csdistill.cli import main
 from csdistill.config import ConfigError, load_config
 from csdistill.errors import DEBUG_ENV, UserError, is_user_error
@@ -54,14 +54,14 @@ def test_bugs_keep_their_traceback_and_ctrl_c_is_one_line(monkeypatch, capsys):
     def bug(args):
         a, b = [1, 2, 3]  # a ValueError inside csdistill that no raise statement meant for the user
 
-    monkeypatch.setattr(cli, "_cmd_config", bug)
+    monkeypatch.setattr(config, "config_command", bug)
     with pytest.raises(ValueError, match="too many values"):
         main(["config"])
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_cmd_config", interrupted)
+    monkeypatch.setattr(config, "config_command", interrupted)
     assert main(["config"]) == 130
     err = capsys.readouterr().err
     assert err.startswith("csdistill: interrupted") and err.count("\n") == 1

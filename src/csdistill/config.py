@@ -329,6 +329,28 @@ def load_inference_config(path: str | None, overrides: Sequence[str]) -> Config:
         return load_config(path, [*overrides, "train.mode=sft"])
 
 
+def add_config_arguments(parser) -> None:
+    """The `--config FILE` and dotted-override arguments every config-driven command takes."""
+    parser.add_argument("--config", "-c", default=None, help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 loss.weighting=TS")
+
+
+def add_arguments(parser) -> None:
+    """`csdistill config`: the config arguments and --help-fields."""
+    add_config_arguments(parser)
+    parser.add_argument("--help-fields", action="store_true", help="list every field with its default and help")
+
+
+def config_command(args) -> int:
+    """`csdistill config`: print the resolved config as YAML, or (--help-fields) every field's help."""
+    if args.help_fields:
+        for key, default, help_text in field_help():
+            print(f"{key:34s} {default!r:24s} {help_text}")
+        return 0
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
 def config_from_dict(data: dict) -> Config:
     """Build and validate a Config from a nested dict (e.g. one saved with a checkpoint)."""
     cfg = Config()

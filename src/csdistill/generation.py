@@ -186,9 +186,30 @@ def _prompt_records(prompts: Sequence[str], prompts_file: str | None, cfg: Confi
     return records
 
 
-def generate_command(cfg: Config, checkpoint: str, prompts: Sequence[str], prompts_file: str | None, seed: int,
-                     out: str | None) -> int:
-    """`csdistill generate`: answer prompts with a checkpoint (dir or hub id) under cfg.data.template.
+def add_arguments(parser) -> None:
+    """`csdistill generate`: the config arguments, the checkpoint and the prompts."""
+    from csdistill.config import add_config_arguments
+
+    add_config_arguments(parser)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint dir or hub id")
+    parser.add_argument("--prompt", action="append", default=[], help="an instruction (repeatable)")
+    parser.add_argument("--prompts-file", default=None, help="instruction JSONL whose prompts to answer")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="write generations as JSONL here")
+
+
+def generate_command(args) -> int:
+    """`csdistill generate`: the parsed arguments -> generate (no teacher needed to generate)."""
+    from csdistill.config import load_inference_config
+
+    cfg = load_inference_config(args.config, args.overrides)
+    return generate(cfg, checkpoint=args.checkpoint, prompts=args.prompt, prompts_file=args.prompts_file,
+                    seed=args.seed, out=args.out)
+
+
+def generate(cfg: Config, checkpoint: str, prompts: Sequence[str], prompts_file: str | None, seed: int,
+             out: str | None) -> int:
+    """Answer prompts with a checkpoint (dir or hub id) under cfg.data.template.
 
     Prints each generation; with `out`, writes instruction JSONL whose ``response`` is the generation
     (usable as data.teacher_responses_file)."""

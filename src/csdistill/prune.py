@@ -28,8 +28,6 @@ import torch
 from csdistill.errors import UserError
 
 DEPTH_METHODS = ("block-influence", "angular", "uniform")
-FAMILIES = ("llama", "qwen2", "gpt2")
-LLAMA_LIKE = ("llama", "qwen2", "mistral", "qwen3")  # same module names; qwen3 adds q/k norms (not pruned by heads)
 
 
 # --------------------------------------------------------------------------- architecture access

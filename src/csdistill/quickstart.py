@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csdistill.compare import Layout, RunSpec, compare, parse_losses, summary_scores
-from csdistill.jobs import CompareError, Job, available_cores, run_jobs
+from csdistill.jobs import Job, available_cores, run_jobs
 from csdistill.errors import UserError
 
 __all__ = ["Job", "RunSpec", "parse_losses", "quickstart", "summary_scores", "LOSS_LR", "PAPER_LOSSES", "PLANS"]
@@ -76,10 +76,6 @@ PLANS = {
                     student="suite-student", teacher_steps=2500, teacher_lr=3e-3, warmup_steps=150,
                     student_steps=1200, batch_size=32, eval_seeds=(10, 20, 30, 40, 50), max_new_tokens=40),
 }
-
-
-
-QuickstartError = CompareError  # a stage failed: names the stage, its log file and the log's last lines
 
 
 # --------------------------------------------------------------------------- stage configs

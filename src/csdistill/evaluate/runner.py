@@ -329,6 +329,9 @@ def summary_lines(results: dict) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from csdistill.config import add_config_arguments
+
+    add_config_arguments(parser)
     parser.add_argument("--model", default=None, help="student: checkpoint dir (HF format) or hub id; "
                                                       "default model.name_or_path")
     parser.add_argument("--teacher", default=None, help="teacher for the fidelity metrics; default teacher.name_or_path")

@@ -26,6 +26,21 @@ def train(cfg, callbacks=()) -> "TrainResult":
     return run_training(cfg, callbacks)
 
 
+def add_arguments(parser) -> None:
+    """`csdistill train`: --config FILE and dotted overrides."""
+    from csdistill.config import add_config_arguments
+
+    add_config_arguments(parser)
+
+
+def train_command(args) -> int:
+    """`csdistill train`: train per the resolved config."""
+    from csdistill.config import load_config
+
+    train(load_config(args.config, args.overrides))
+    return 0
+
+
 def __getattr__(name: str):
     if name in ("TrainResult", "MetricCallback"):
         from csdistill.train import loop

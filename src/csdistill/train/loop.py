@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ from csdistill.train.teacher_cache import build_teacher_cache
 from csdistill.train.steps import BatchSource
 
 MetricCallback = Callable[[int, torch.nn.Module, object], dict]  # (step, student, tokenizer) -> metrics
-PAUSE_ENV = "CSDISTILL_PAUSE_AFTER_STEP"  # test hook: sleep after this step so a test can SIGKILL the run
 
 
 @dataclass
@@ -271,12 +269,6 @@ def resume(run: Run) -> tuple[int, Path | None]:
     return step, path
 
 
-def _pause_for_tests(step: int, output_dir: str) -> None:
-    if os.environ.get(PAUSE_ENV) == str(step):
-        (Path(output_dir) / f"paused-at-{step}").write_text(str(os.getpid()))
-        time.sleep(600)
-
-
 def _due(done: int, every: int, total: int) -> bool:
     return done == total or (every > 0 and done % every == 0)
 
@@ -344,6 +336,5 @@ def _train(run: Run) -> TrainResult:
         if _due(done, t.save_every, run.total_steps):
             checkpoint = save(run, done, final=done == run.total_steps)
         logger.advance()
-        _pause_for_tests(done, t.output_dir)
     logger.close()
     return TrainResult(Path(t.output_dir), checkpoint, max(start, run.total_steps), last_loss, last_val, logger.history)
