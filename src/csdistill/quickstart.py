@@ -70,7 +70,7 @@ PLANS = {
     "tiny": Plan(n_train=200, n_validation=25, n_test=25, n_warmup=50, teacher="tiny-llama", student="suite-student",
                  teacher_steps=30, teacher_lr=3e-3, warmup_steps=10, student_steps=12, batch_size=16,
                  eval_seeds=(10, 20), max_new_tokens=24),
-    # About ten minutes on 2 CPU cores: a ~0.9M-parameter teacher that masters the exact tasks and a
+    # About 8 minutes on 2 CPU cores: a ~0.9M-parameter teacher that masters the exact tasks and a
     # ~27k-parameter student (1/32) that cannot on its own within the budget.
     "default": Plan(n_train=4000, n_validation=200, n_test=200, n_warmup=400, teacher="suite-teacher",
                     student="suite-student", teacher_steps=2500, teacher_lr=3e-3, warmup_steps=150,
