@@ -62,6 +62,10 @@ def check_writable(folder: str | Path, what: str) -> Path:
 
     what: the option that chose the folder (named in the error), e.g. 'train.output_dir' or '--out'."""
     folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    if existing.exists() and not existing.is_dir():
+        where = "" if existing == folder else f": {str(existing)!r}"
+        raise UserError(f"{what}={str(folder)!r}{where} is a file, not a folder; choose a folder (new or empty)")
     probe = folder / f".csdistill-write-test-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)

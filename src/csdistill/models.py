@@ -133,6 +133,10 @@ def _load_error(what: str, name: str, err: Exception) -> UserError:
         if not Path(name).expanduser().exists():
             return UserError(f"{what} {name!r}: the path does not exist; pass an existing directory "
                               "(save_pretrained format), a hub id or preset:<name>")
+        if Path(name).expanduser().is_dir() and not (Path(name).expanduser() / "config.json").is_file():
+            return UserError(f"{what} {name!r}: the folder has no config.json, so it is not a saved model; pass a "
+                             "folder written by save_pretrained (e.g. csdistill model fetch / model export), a hub "
+                             "id or preset:<name>")
         return UserError(f"{what} {name!r}: the directory could not be loaded ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); it must hold a save_pretrained() copy")
     if _offline():

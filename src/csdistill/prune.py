@@ -255,9 +255,9 @@ def make_plan(model, stats: Statistics | None, layers: int | None = None, depth_
     uniform method with no width pruning needs none)."""
     family, shape = model_family(model), model_shape(model)
     layers = shape.layers if layers is None else layers
-    mlp, hidden = mlp or shape.mlp, hidden or shape.hidden
-    heads = heads or shape.heads
-    kv_heads = kv_heads or (heads if shape.kv_heads == shape.heads else shape.kv_heads)
+    keep_all = lambda value, full: full if value is None else value  # noqa: E731  (0 is a value, and wrong)
+    mlp, hidden, heads = keep_all(mlp, shape.mlp), keep_all(hidden, shape.hidden), keep_all(heads, shape.heads)
+    kv_heads = keep_all(kv_heads, heads if shape.kv_heads == shape.heads else shape.kv_heads)
     if family == "gpt2" and (heads != shape.heads or hidden != shape.hidden):
         raise UserError("--heads/--hidden: GPT-2's attention width is tied to its hidden size, so only --layers "
                          "and --mlp prune GPT-2; use a Llama or Qwen2 teacher for head or hidden pruning")

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from csdistill.config import GenerationConfig
-from csdistill.errors import UserError
+from csdistill.errors import UserError, check_writable
 
 SPLIT_ORDER = ("train", "validation", "test")
 
@@ -126,6 +126,10 @@ def respond(teacher: str, prompts: str, out: str, splits: list[str] | None = Non
     unknown = [s for s in splits or [] if s not in files]
     if unknown:
         raise UserError(f"--splits {','.join(unknown)}: not in {prompts!r} (it has {', '.join(files)})")
+    for flag, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+    check_writable(out, "--out")  # before the teacher is loaded
     gen = GenerationConfig(do_sample=sample, max_new_tokens=max_new_tokens, batch_size=batch_size)
     tokenizer = load_tokenizer(teacher)
     model = load_model(teacher, precision="bf16").eval()

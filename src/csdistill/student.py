@@ -55,6 +55,10 @@ def init_student(teacher: str, out: str, layers: int | None = None, depth_method
     from csdistill.models import load_model, load_tokenizer
 
     check_new_folder(out)
+    sizes = {"--layers": layers, "--mlp": mlp, "--heads": heads, "--kv-heads": kv_heads, "--hidden": hidden}
+    for flag, value in sizes.items():
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: a student keeps at least 1; leave {flag} out to keep all of the teacher's")
     if calibration_samples < 1 or max_length < 2:
         raise UserError(f"--calibration-samples {calibration_samples} / --max-length {max_length}: need at least "
                          "1 text of at least 2 tokens to score importance")

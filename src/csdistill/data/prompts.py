@@ -19,8 +19,8 @@ import json
 import random
 from pathlib import Path
 from typing import Callable
-from csdistill.files import atomic_write_jsonl
-from csdistill.errors import UserError
+from csdistill.files import atomic_write_json, atomic_write_jsonl
+from csdistill.errors import UserError, check_writable
 
 VERSION = 1  # bump when the templates or lists change: the same seed then gives other prompts
 
@@ -209,11 +209,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def prompts_command(args: argparse.Namespace) -> int:
     sizes = {"train": args.n_train, "validation": args.n_validation, "test": args.n_test}
-    bad = [f"--n-{k}={v}" for k, v in sizes.items() if v < 0]
+    bad = [f"--n-{k} {v}" for k, v in sizes.items() if v < 1]
     if bad:
-        raise UserError(f"data prompts: {', '.join(bad)}: sizes must be >= 0")
-    splits = generate_prompt_splits(args.seed, sizes, [c for c in args.categories.split(",") if c])
-    out = Path(args.out)
+        raise UserError(f"data prompts: {', '.join(bad)}: each split needs at least 1 prompt; pass a count >= 1")
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+    if not categories:
+        raise UserError(f"data prompts: --categories {args.categories!r} names none; choose from {', '.join(CATEGORIES)}")
+    out = check_writable(args.out, "--out")  # a folder (not a file), writable, before any work
+    splits = generate_prompt_splits(args.seed, sizes, categories)
     existing = [s for s in SPLITS if (out / f"{s}.jsonl").exists()]
     expected = {s: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in splits[s]) for s in SPLITS}
     changed = [s for s in existing if (out / f"{s}.jsonl").read_text(encoding="utf-8") != expected[s]]
@@ -222,8 +225,8 @@ def prompts_command(args: argparse.Namespace) -> int:
                          "--out (files are never overwritten)")
     for split in SPLITS:
         write_jsonl_atomic(out / f"{split}.jsonl", splits[split])
-    manifest = {"seed": args.seed, "sizes": sizes, "categories": args.categories.split(","), "version": VERSION}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    manifest = {"seed": args.seed, "sizes": sizes, "categories": categories, "version": VERSION}
+    atomic_write_json(out / "manifest.json", manifest, indent=2)
     counts = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
     print(f"csdistill: wrote {out}: {counts} prompts ({sum(r['task'] == 'gsm8k' for r in splits['test'])} exact "
           "arithmetic in test)")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Callable, Iterator
 from csdistill.files import atomic_write_jsonl
@@ -225,15 +224,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def import_command(args: argparse.Namespace) -> int:
-    """`csdistill data import`: convert, filter, write; user errors print one line and return 2."""
-    try:
-        return _run_import(args)
-    except ValueError as err:
-        print(f"csdistill data import: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _run_import(args: argparse.Namespace) -> int:
+    """`csdistill data import`: convert, filter, write (user errors: the CLI's one line)."""
     records = import_set(args.format, args.src, answers=args.answers, tasks_file=args.tasks_file,
                          max_per_task=args.max_per_task, min_ref_tokens=args.min_ref_tokens,
                          max_examples=args.max_examples)

@@ -18,13 +18,12 @@ import argparse
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 from csdistill.seeding import derive_seed
 from csdistill.tasks.generators import ALPHABET, MAX_CHARS, TASK_DEFS, TaskDef, instruction_for, payload_of
 from csdistill.tasks.registry import TaskSpec, register_task
-from csdistill.errors import UserError
+from csdistill.errors import UserError, check_writable
 
 # The default selection, in this order. `add` (LSB-first addition) is registered but left out: in a CPU
 # probe (0.6M-parameter char GPT, 800 steps of 32 on 4000 train records) every default task was learnt
@@ -239,8 +238,7 @@ def write_suite(out_dir: str | Path, seed: int, n_train: int = 4000, n_validatio
     """Write <split>.jsonl for each split plus suite.json into `out_dir`; returns {split: path}."""
     tasks = list(SUITE_TASKS if tasks is None else tasks)
     suite = make_suite(seed, n_train, n_validation, n_test, tasks, n_warmup, train_weights)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable(out_dir, "--out")
     paths = {}
     for split, records in suite.items():
         paths[split] = out / f"{split}.jsonl"
@@ -295,12 +293,8 @@ def tasks_command(args: argparse.Namespace) -> int:
         if value is not None:
             sizes[f"n_{split}"] = value
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    try:
-        weights = parse_train_weights(getattr(args, "train_weights", None))
-        paths = write_suite(args.out, args.seed, tasks=tasks, train_weights=weights, **sizes)
-    except ValueError as err:
-        print(f"csdistill: data tasks: {err}", file=sys.stderr)
-        return 2
+    weights = parse_train_weights(getattr(args, "train_weights", None))
+    paths = write_suite(args.out, args.seed, tasks=tasks, train_weights=weights, **sizes)
     for split, path in paths.items():
         print(f"{split:10s} {sum(1 for _ in path.open()):6d} records -> {path}")
     print(f"alphabet   {suite_alphabet()!r} (add your prompt template's characters)")
