@@ -11,7 +11,7 @@ from csdistill.data import formats
 from csdistill.data.text import encode_long
 from csdistill.evaluate.scoring import record_references
 from csdistill.report import load_results
-from helpers import tiny_tokenizer, write_jsonl
+from helpers import tiny_model, tiny_tokenizer, write_jsonl
 
 GOOD = {"instruction": "say hi", "input": "", "response": "hi"}
 
@@ -71,15 +71,28 @@ def test_references_string_is_one_reference_and_other_types_are_refused(tmp_path
 
 
 def test_unknown_characters_give_one_warning_with_a_count(capsys):
-    from csdistill.data.collate import encode_example
-    from csdistill.train.dataset import warn_unknown_tokens
+    from csdistill.data.collate import encode_example, warn_unknown_tokens
 
     tokenizer = tiny_tokenizer()
     records = [{"instruction": "caf\u00e9 \u00e9t\u00e9", "input": "", "response": "ok"}, GOOD]
-    examples = [encode_example(r, tokenizer, "plain", 32, 64) for r in records]
-    assert warn_unknown_tokens(examples, records, tokenizer, "data.train_file") == 3
+    ids = [encode_example(r, tokenizer, "plain", 32, 64)["input_ids"] for r in records]
+    assert warn_unknown_tokens(ids, records, tokenizer, "data.train_file") == 3
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "3 tokens in 1 records became the unknown token '<unk>'" in err and "'é'" in err
+    assert err.count("\n") == 1 and "data.train_file: 3 tokens in 1 texts became the unknown token '<unk>'" in err
+    assert "'é'" in err
+    assert warn_unknown_tokens(ids, records, tokenizer, "data.train_file") == 3  # counted again, printed once
+    assert capsys.readouterr().err == ""
+
+
+def test_generation_and_evaluation_prompts_warn_about_unknown_characters_too(capsys):
+    from csdistill.config import GenerationConfig
+    from csdistill.generation import generate_texts
+
+    prompts = ["na\u00efve \u00fcber", "plain", "\u00fcber"]
+    gen = GenerationConfig(do_sample=False, max_new_tokens=2, batch_size=2)
+    generate_texts(tiny_model(seed=0), tiny_tokenizer(), prompts, gen, seed=0, what="evaluation set demo")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "evaluation set demo: 3 tokens in 2 texts" in err and "'ü'" in err
 
 
 @pytest.mark.parametrize("content, match", [

@@ -143,25 +143,27 @@ def _head_rows(model) -> int | None:
 
 
 def generate_texts(model, tokenizer, prompts: Sequence[str], gen: GenerationConfig, seed: int,
-                   max_prompt_length: int = 256, batch_size: int | None = None, progress: bool = False) -> list[str]:
+                   max_prompt_length: int = 256, batch_size: int | None = None, progress: bool = False,
+                   what: str = "generation prompts") -> list[str]:
     """Decoded completions of prompt texts (EOS stripped, special tokens skipped), in order.
 
     Batch b draws from make_generator(seed, b, 0, "generate"): the same seed and batch size give
-    the same texts.
+    the same texts. `what` names the prompts in the unknown-token warning.
     """
     from tqdm.auto import tqdm
 
-    from csdistill.data.collate import encode_prompts
+    from csdistill.data.collate import encode_prompt_ids, left_pad
 
     batch_size = batch_size or gen.batch_size
     device = next(model.parameters()).device
     rows = _head_rows(model)
     vocab_size = len(tokenizer) if rows is not None and rows > len(tokenizer) else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt_ids = encode_prompt_ids(list(prompts), tokenizer, max_prompt_length, what)
     texts: list[str] = []
     starts = range(0, len(prompts), batch_size)
     for index, start in enumerate(tqdm(starts, desc="generate", disable=not progress)):
-        batch = encode_prompts(list(prompts[start:start + batch_size]), tokenizer, max_prompt_length)
+        batch = left_pad(prompt_ids[start:start + batch_size], pad)
         output = sample(model, batch["input_ids"].to(device), batch["attention_mask"].to(device), gen,
                         make_generator(seed, index, 0, "generate"), tokenizer.eos_token_id, pad, vocab_size)
         texts.extend(tokenizer.decode(ids, skip_special_tokens=True) for ids in completions(output, tokenizer.eos_token_id))

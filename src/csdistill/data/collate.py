@@ -12,6 +12,7 @@ Training batches are right-padded (``collate``); generation prompts are left-pad
 
 from __future__ import annotations
 
+import sys
 from typing import Iterator, Sequence
 
 import torch
@@ -21,10 +22,43 @@ from csdistill.losses.reduce import IGNORE_INDEX
 from csdistill.errors import UserError
 
 
+CHARS_PER_TOKEN = 16  # generous: English BPE averages ~4 characters a token, the char tokenizer 1
+MARGIN_TOKENS = 16  # tokens beyond those kept, so that the kept ones lie well away from a window's cut
+
+
+def _window(text: str, width: int, end: str) -> str | None:
+    """About `width` characters at that end of `text`, cut at whitespace (None: no whitespace to cut at)."""
+    if end == "tail":
+        cut = next((i for i in range(len(text) - width, len(text)) if text[i].isspace()), None)
+        return None if cut is None else text[cut:]
+    cut = next((i for i in range(width, 0, -1) if text[i].isspace()), None)
+    return None if cut is None else text[:cut]
+
+
+def window_token_ids(tokenizer, text: str, keep: int, end: str, add_special_tokens: bool = True) -> list[int]:
+    """Ids of `text` whose first (end='head') or last (end='tail') `keep` equal the whole text's.
+
+    A fast tokenizer holds ~400 bytes per input character (400 MB for a 1M-character record), so a
+    long text is tokenised over windows at that end only: w = (keep + MARGIN_TOKENS) x CHARS_PER_TOKEN
+    and 2w characters, each cut at whitespace. Their ids are used when the w-window gives at least
+    keep + MARGIN_TOKENS ids and both windows agree on the kept ones (a cut that changed them, e.g. a
+    tokenizer matching left to right through a space-free run, would not agree); otherwise, and for
+    short texts, the whole text is tokenised."""
+    width = (keep + MARGIN_TOKENS) * CHARS_PER_TOKEN
+    windows = [_window(text, w, end) for w in (width, 2 * width)] if len(text) > 2 * width else [None]
+    if None not in windows:
+        short, wide = (list(tokenizer(w, add_special_tokens=add_special_tokens)["input_ids"]) for w in windows)
+        kept = slice(len(short) - keep, None) if end == "tail" else slice(0, keep)
+        wide_kept = slice(len(wide) - keep, None) if end == "tail" else slice(0, keep)
+        if len(short) >= keep + MARGIN_TOKENS and short[kept] == wide[wide_kept]:
+            return short
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
 def prompt_token_ids(tokenizer, prompt: str, max_prompt_length: int) -> list[int]:
     """The prompt's ids with the tokenizer's own special prefix (e.g. Llama's BOS, none for GPT-2 or
     the char tokenizer), never a trailing EOS; left-truncated to max_prompt_length, keeping a BOS."""
-    ids = list(tokenizer(prompt)["input_ids"])
+    ids = window_token_ids(tokenizer, prompt, max_prompt_length + 1, "tail")  # + 1: a trailing EOS
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     if ids and eos is not None and ids[-1] == eos and eos != bos:
         ids = ids[:-1]  # tokenizers that close every text with EOS: the prompt is not finished
@@ -61,7 +95,8 @@ def encode_example(record: dict, tokenizer, template: str | PromptTemplate, max_
         raise UserError(f"data.max_length={max_length} must exceed data.max_prompt_length={max_prompt_length} "
                          "to leave room for the response")
     prompt_ids = prompt_token_ids(tokenizer, build_prompt(record, template), max_prompt_length)
-    response_ids = list(tokenizer(record.get("response") or "", add_special_tokens=False)["input_ids"])
+    response_ids = window_token_ids(tokenizer, record.get("response") or "", max_length, "head",
+                                    add_special_tokens=False)
     return encode_response(prompt_ids, response_ids + [_eos_id(tokenizer)], max_length)
 
 
@@ -97,15 +132,59 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str,
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def encode_prompts(prompts: Sequence[str], tokenizer, max_prompt_length: int) -> dict[str, torch.Tensor]:
-    """Prompt texts -> LEFT-padded input_ids (B, P) and attention_mask (B, P) for generation."""
+def prompt_pad_id(tokenizer) -> int:
+    """The id generation prompts are left-padded with: pad, else EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(tokenizer)
+
+
+def encode_prompt_ids(prompts: Sequence[str], tokenizer, max_prompt_length: int,
+                      what: str = "generation prompts") -> list[list[int]]:
+    """Each prompt's ids (prompt_token_ids), with one warning for unknown tokens among them (`what`
+    names the prompts' source in it)."""
     if not prompts:
         raise UserError("encode_prompts: no prompts given")
     ids = [prompt_token_ids(tokenizer, p, max_prompt_length) for p in prompts]
     if any(not seq for seq in ids):
         raise UserError("encode_prompts: a prompt encodes to no tokens; generation needs at least one prompt token")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(tokenizer)
-    return left_pad(ids, pad)
+    warn_unknown_tokens(ids, prompts, tokenizer, what)
+    return ids
+
+
+def encode_prompts(prompts: Sequence[str], tokenizer, max_prompt_length: int,
+                   what: str = "generation prompts") -> dict[str, torch.Tensor]:
+    """Prompt texts -> LEFT-padded input_ids (B, P) and attention_mask (B, P) for generation."""
+    return left_pad(encode_prompt_ids(prompts, tokenizer, max_prompt_length, what), prompt_pad_id(tokenizer))
+
+
+_WARNED: set[str] = set()  # warnings already printed by this process (evaluation passes repeat prompts)
+
+
+def warn_unknown_tokens(id_lists: Sequence[Sequence[int]], sources: Sequence[str | dict], tokenizer, what: str) -> int:
+    """One warning (once per process) when token ids hold the tokenizer's unknown token, e.g. characters
+    outside the character tokenizer's alphabet: how many, in how many texts, which characters.
+
+    id_lists[i] are the ids of sources[i] (a text, or a record whose string fields were encoded);
+    `what` names where they come from (data.train_file, an evaluation set, generation prompts).
+    Returns the count. A tokenizer whose unknown token doubles as EOS/BOS/pad (GPT-2's
+    <|endoftext|>; byte-level BPE never produces it) is not checked: its ids cannot tell them apart."""
+    unk = tokenizer.unk_token_id
+    if unk is None or unk in (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id):
+        return 0
+    counts = [list(ids).count(unk) for ids in id_lists]
+    total = sum(counts)
+    if total:
+        vocab = tokenizer.get_vocab()
+        texts = [s if isinstance(s, str) else " ".join(v for v in s.values() if isinstance(v, str))
+                 for s, c in zip(sources, counts) if c]
+        unknown = sorted({ch for text in texts for ch in text if ch not in vocab and not ch.isspace()})[:8]
+        shown = f" (characters such as {' '.join(map(repr, unknown))})" if unknown else ""
+        message = (f"csdistill: warning: {what}: {total} tokens in {sum(1 for c in counts if c)} texts became the "
+                   f"unknown token {tokenizer.unk_token!r}{shown}: the model cannot tell them apart; use a tokenizer "
+                   "that covers them or clean the data")
+        if message not in _WARNED:
+            _WARNED.add(message)
+            print(message, file=sys.stderr, flush=True)
+    return total
 
 
 def batches(examples: Sequence, batch_size: int, generator: torch.Generator) -> Iterator[list]:

@@ -25,9 +25,11 @@ def teacher_forced_batches(records: Sequence[dict], tokenizer, template: str, ma
                            max_length: int, batch_size: int) -> Iterator[dict]:
     """Collated batches {input_ids, attention_mask, labels} (B, T) of prompt + reference response."""
     from csdistill.data import collate, encode_example
+    from csdistill.data.collate import warn_unknown_tokens
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = [encode_example(r, tokenizer, template, max_prompt_length, max_length) for r in records]
+    warn_unknown_tokens([ex["input_ids"] for ex in examples], records, tokenizer, "evaluation set (teacher-forced)")
     for start in range(0, len(examples), batch_size):
         yield collate(examples[start:start + batch_size], pad_id)
 

@@ -162,7 +162,7 @@ def _generate_passes(model, tokenizer, name: str, prompts: list[str], references
         preds = read_generations(path, key, len(prompts)) if path else None
         if preds is None:
             preds = generate_texts(model, tokenizer, prompts, gen, seed=seed, max_prompt_length=cfg.data.max_prompt_length,
-                                   batch_size=gen.batch_size, progress=progress)
+                                   batch_size=gen.batch_size, progress=progress, what=f"evaluation set {name}")
             if path:
                 write_generations(path, key, prompts, preds, references)
         predictions.append(list(preds))

@@ -7,7 +7,6 @@ pre-generated files (seqkd, paired).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -90,31 +89,12 @@ def split_records(records: list, fraction: float, seed: int) -> tuple[list, list
 
 
 def encode(records: list, tokenizer, cfg: Config, what: str = "data.train_file") -> list[dict]:
-    from csdistill.data.collate import encode_example
+    from csdistill.data.collate import encode_example, warn_unknown_tokens
 
     d = cfg.data
     examples = [encode_example(r, tokenizer, d.template, d.max_prompt_length, d.max_length) for r in records]
-    warn_unknown_tokens(examples, records, tokenizer, what)
+    warn_unknown_tokens([ex["input_ids"] for ex in examples], records, tokenizer, what)
     return examples
-
-
-def warn_unknown_tokens(examples: list[dict], records: list, tokenizer, what: str) -> int:
-    """One warning when encoded examples hold the tokenizer's unknown token (e.g. characters outside
-    the character tokenizer's alphabet): how many, in how many records, which characters. Returns the count."""
-    unk = tokenizer.unk_token_id
-    if unk is None:
-        return 0
-    counts = [ex["input_ids"].count(unk) for ex in examples]
-    total = sum(counts)
-    if total:
-        vocab = tokenizer.get_vocab()
-        texts = [" ".join(str(v) for v in r.values() if isinstance(v, str)) for r, c in zip(records, counts) if c]
-        unknown = sorted({ch for text in texts for ch in text if ch not in vocab and not ch.isspace()})[:8]
-        shown = f" (characters such as {' '.join(map(repr, unknown))})" if unknown else ""
-        print(f"csdistill: warning: {what}: {total} tokens in {sum(1 for c in counts if c)} records became the unknown "
-              f"token {tokenizer.unk_token!r}{shown}: the model cannot tell them apart; use a tokenizer that covers "
-              "them or clean the data", file=sys.stderr, flush=True)
-    return total
 
 
 def _response_table(path: str, cfg: Config, key: str, tokenizer) -> dict[str, object]:
