@@ -230,3 +230,16 @@ def test_from_vllm_without_prompt_logprobs_names_file_and_line(toy, tmp_path, ca
     code = main(["teacher", "from-vllm", "--responses", str(responses), "--top-k", "2", "--out", str(tmp_path / "c"),
                  *kd_args(toy, tmp_path / "u")])
     assert code == 2 and f"{responses}:2" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("extra", [(), ("loss.fused=true", "train.grad_accum=2")])
+def test_bf16_autocast_training_from_the_cache_matches_the_live_teacher(toy, tmp_path, extra):  # noqa: F811
+    """Cache and training under the same bf16 autocast (model.precision=bf16): the cached hidden states
+    are the ones the live teacher computes there."""
+    bf16 = ("model.precision=bf16", "train.max_steps=2", "train.seed=3", *extra)
+    _cache(toy, tmp_path / "c", "model.precision=bf16")
+    live = main(["train", *kd_args(toy, tmp_path / "live", *bf16)])
+    cached = main(["train", *kd_args(toy, tmp_path / "cached", *bf16, f"train.teacher_cache={tmp_path / 'c'}")])
+    assert live == cached == 0
+    rows = [json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1]) for run in ("live", "cached")]
+    assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-3)

@@ -29,7 +29,7 @@ from csdistill.cache.store import (HIDDEN_DTYPES, STORES, VALUE_DTYPES, HiddenRo
 from csdistill.config import Config, ConfigError, load_config
 from csdistill.data.train_data import load_train_data
 from csdistill.losses.reduce import shift_labels, valid_mask
-from csdistill.losses.sparse import SparseTeacher, sparse_from_logits
+from csdistill.losses.sparse import sparse_from_logits
 from csdistill.models import autocast_for, hidden_states_and_head
 
 
