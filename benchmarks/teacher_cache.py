@@ -8,9 +8,9 @@ speed  one optimizer step (forward, loss, backward, AdamW) of the student throug
        objective (train/objective.part_loss, loss.fused=true, CSD SS): CE only; KD from the hidden
        cache; KD from the k = 64 top-k cache (bucket); KD from the live teacher. Interleaved, medians.
 bytes  bytes per position of each store, from the manifests.
-rss    peak RSS of `csdistill train` (a subprocess, 2 steps) from a hidden cache and from the same
-       cache grown 4× by extra shards of other (synthetic) sequences: the reader must not hold the
-       cache in memory, so both peaks should agree.
+rss    peak RSS of `csdistill train` (a subprocess, 2 steps) from each cache grown by filler shards
+       (its own rows tiled under other sequences' digests) to N and 4·N positions: the reader must
+       not hold the cache in memory, so both peaks should agree.
 """
 from __future__ import annotations
 
@@ -113,29 +113,31 @@ def speed(args, common: list[str], caches: dict[str, Path]) -> None:
         print(f"| {name} | {seconds:.3f} | {seconds / medians['ce']:.2f} |")
 
 
-def grow(cache: Path, out: Path, factor: int) -> dict:
-    """A copy of `cache` with (factor − 1)× its shards again as extra shards of other sequences
-    (the digests changed), so it is `factor`× as large and still covers the run's data."""
-    import numpy as np
+def grow(cache: Path, out: Path, extra_positions: int) -> dict:
+    """A copy of `cache` plus filler shards of `extra_positions` more rows — the cache's own rows tiled,
+    in sequences of 16 rows under fresh digests (other sequences) — so it still covers the run's data."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(cache, out)
     manifest = json.loads((cache / "manifest.json").read_text())
-    shards = list(manifest["shards"])
-    for copy in range(1, factor):
-        for entry in manifest["shards"]:
-            name = f"shard-{len(shards):05d}.safetensors"
-            with safe_open(str(cache / entry["file"]), framework="pt") as handle:
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-                metadata = handle.metadata()
-            digests = tensors["digests"].numpy().copy()
-            digests[:, 0] ^= np.uint8(copy)  # other sequences
-            tensors["digests"] = torch.from_numpy(digests)
-            save_file(tensors, str(out / name), metadata=metadata)
-            shards.append({**entry, "file": name})
-    manifest.update(shards=shards, sequences=manifest["sequences"] * factor, positions=manifest["positions"] * factor)
+    first = manifest["shards"][0]
+    with safe_open(str(cache / first["file"]), framework="pt") as handle:
+        rows = {key: handle.get_tensor(key) for key in handle.keys() if key not in ("digests", "offsets")}
+        metadata = handle.metadata()
+    shards, generator, per_shard = list(manifest["shards"]), torch.Generator().manual_seed(0), 16384
+    for start in range(0, extra_positions, per_shard):
+        n = min(per_shard, extra_positions - start) // 16 * 16
+        index = torch.arange(n) % first["positions"]
+        tensors = {key: value[index].contiguous() for key, value in rows.items()}
+        tensors["digests"] = torch.randint(0, 256, (n // 16, 16), generator=generator, dtype=torch.uint8)
+        tensors["offsets"] = torch.arange(0, n + 1, 16, dtype=torch.int64)
+        name = f"shard-{len(shards):05d}.safetensors"
+        save_file(tensors, str(out / name), metadata=metadata)
+        shards.append({"file": name, "sequences": n // 16, "positions": n})
+    manifest.update(shards=shards, sequences=sum(e["sequences"] for e in shards),
+                    positions=sum(e["positions"] for e in shards))
     (out / "manifest.json").write_text(json.dumps(manifest))
     return manifest
 
@@ -152,15 +154,18 @@ def _peak_rss_mib(common: list[str], cache: Path, out: Path) -> float:
 
 
 def rss(args, common: list[str], caches: dict[str, Path], work: Path) -> None:
-    print(f"\nrss: peak resident memory of `csdistill train` (2 steps, fused CSD SS) from a cache; "
+    print(f"\nrss: peak resident memory of `csdistill train` (2 steps, fused CSD SS) from a cache grown by filler "
+          f"shards to {args.rss_positions} and 4 × {args.rss_positions} positions; "
           f"load {Path('/proc/loadavg').read_text().split()[:3]}")
-    print("| store | cache size | shards | cache MB on disk | peak RSS MiB |\n|---|---|---|---|---|")
+    print("| store | cache size | positions | cache MB on disk | peak RSS MiB |\n|---|---|---|---|---|")
     for store in ("hidden", "topk"):
         for factor in (1, 4):
-            cache = grow(caches[store], work / f"{store}-x{factor}", factor)
-            size = sum((work / f"{store}-x{factor}" / s["file"]).stat().st_size for s in cache["shards"]) / 1e6
-            peak = _peak_rss_mib(common, work / f"{store}-x{factor}", work / f"run-{store}-{factor}")
-            print(f"| {store} | {factor}× | {len(cache['shards'])} | {size:.1f} | {peak:.0f} |", flush=True)
+            folder = work / f"{store}-x{factor}"
+            cache = grow(caches[store], folder, factor * args.rss_positions)
+            size = sum((folder / s["file"]).stat().st_size for s in cache["shards"]) / 1e6
+            peak = _peak_rss_mib(common, folder, work / f"run-{store}-{factor}")
+            print(f"| {store} | {factor}× | {cache['positions']} | {size:.0f} | {peak:.0f} |", flush=True)
+            shutil.rmtree(folder)
 
 
 def main() -> None:
@@ -174,6 +179,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--parts", default="speed,rss")
+    parser.add_argument("--rss-positions", type=int, default=131072, help="rss: filler rows of the 1x cache")
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = Path(args.work)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,15 +192,15 @@ def _read_header(path: Path) -> tuple[dict, dict, int]:
 
 
 class ShardRows:
-    """The rows of one shard on disk; ``rows[a:b]`` reads just those rows (os.pread), so nothing of
-    the shard stays resident. Index fields (digests, offsets: per sequence) are read at open."""
+    """The rows of one shard on disk; ``rows[a:b]`` reads just those rows (a seek and a read), so
+    nothing of the shard stays resident. Index fields (digests, offsets: per sequence) are read at open."""
 
     def __init__(self, path: Path, entry: dict, manifest: dict):
         self.path, self.where, self.store = path, f"teacher cache shard {str(path)!r}", store_of(manifest)
         self.vocab = manifest["vocab_size"]
         try:
             self.header, _, self.start = _read_header(path)
-            self.fd = os.open(path, os.O_RDONLY)
+            self.size = path.stat().st_size
         except FileNotFoundError:
             raise ConfigError(f"{self.where} is missing; re-run `csdistill teacher cache` into this folder to rebuild "
                               "it") from None
@@ -232,9 +231,8 @@ class ShardRows:
                               f"({positions}, {what}={width}); the shard belongs to another cache — rebuild the cache")
         if tuple(self.header["digests"]["shape"]) != (entry["sequences"], 16):
             raise ConfigError(f"{self.where}: its sequence index does not match the manifest; rebuild the cache")
-        size = os.fstat(self.fd).st_size
-        if self.start + max(int(t["data_offsets"][1]) for t in self.header.values()) > size:
-            raise self._damaged(EOFError(f"{size} bytes, the header describes more"))
+        if self.start + max(int(t["data_offsets"][1]) for t in self.header.values()) > self.size:
+            raise self._damaged(EOFError(f"{self.size} bytes, the header describes more"))
 
     def __len__(self) -> int:
         return self.positions
@@ -245,7 +243,9 @@ class ShardRows:
         dtype = np.dtype(_NUMPY[info["dtype"]])
         row = int(np.prod(info["shape"][1:], dtype=np.int64)) * dtype.itemsize
         offset = self.start + int(info["data_offsets"][0]) + start * row
-        data = os.pread(self.fd, (stop - start) * row, offset)
+        with open(self.path, "rb") as handle:  # opened per read: no descriptor held per shard
+            handle.seek(offset)
+            data = handle.read((stop - start) * row)
         if len(data) != (stop - start) * row:
             raise self._damaged(EOFError(f"short read of {name}"))
         return np.frombuffer(data, dtype=dtype).reshape(stop - start, *info["shape"][1:]).copy()
