@@ -29,13 +29,29 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _prose_records(n: int, words: int) -> list[dict]:
+    """Instruction records whose responses are ~`words` words of the project's own prose (README,
+    docs): Dolly-like response lengths, unlike the built-in suite's short answers."""
+    text = " ".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]).split()
+    step = words + 12
+    return [{"instruction": "Continue the text: " + " ".join(text[i * step:i * step + 12]),
+             "response": " ".join(text[i * step + 12:(i + 1) * step])} for i in range(n)]
+
+
 def _common(args, work: Path) -> list[str]:
     from csdistill.tasks.suite import write_suite
 
-    paths = write_suite(work / "data", 0, n_train=args.examples, n_validation=8, n_test=8)
+    if args.data == "prose":
+        (work / "data").mkdir(parents=True, exist_ok=True)
+        paths = {"train": work / "data" / "train.jsonl", "validation": work / "data" / "validation.jsonl"}
+        records = _prose_records(args.examples + 8, args.words)
+        for split, chunk in (("train", records[:args.examples]), ("validation", records[args.examples:])):
+            paths[split].write_text("".join(json.dumps(r) + "\n" for r in chunk))
+    else:
+        paths = write_suite(work / "data", 0, n_train=args.examples, n_validation=8, n_test=8)
     return [f"model.name_or_path={args.student}", f"teacher.name_or_path={args.teacher}",
             f"data.train_file={paths['train']}", f"data.validation_file={paths['validation']}",
-            "data.max_prompt_length=64", "data.max_length=128", f"train.batch_size={args.batch}", "train.max_steps=2",
+            "data.max_prompt_length=64", "data.max_length=256", f"train.batch_size={args.batch}", "train.max_steps=2",
             "train.progress=false", "train.num_threads=1", "eval.eval_every=0", "loss.fused=true", "loss.name=csd",
             "loss.weighting=SS", f"train.output_dir={work / 'run'}"]
 
@@ -146,6 +162,7 @@ def _peak_rss_mib(common: list[str], cache: Path, out: Path) -> float:
     code = ("import resource, sys; from csdistill.config import load_config; from csdistill.train import train; "
             "train(load_config(None, sys.argv[1:])); "
             "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    shutil.rmtree(out, ignore_errors=True)  # the benchmark's own scratch run
     args = [*common, "teacher.name_or_path=", f"train.teacher_cache={cache}", f"train.output_dir={out}"]
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     if proc.returncode:
@@ -174,6 +191,9 @@ def main() -> None:
     parser.add_argument("--student", default="/work/scratch/exact-cache/student")
     parser.add_argument("--work", default="/work/scratch/exact-cache/bench")
     parser.add_argument("--examples", type=int, default=64, help="training examples cached")
+    parser.add_argument("--data", default="prose", choices=("prose", "suite"),
+                        help="prose: responses of ~--words words of README/docs text; suite: the task suite")
+    parser.add_argument("--words", type=int, default=80, help="prose: words per response (~100 tokens)")
     parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
