@@ -161,7 +161,8 @@ def test_a_top_k_cache_refuses_losses_it_cannot_serve(toy, full_cache, tmp_path,
 
 
 @pytest.mark.slow
-def test_two_process_cache_and_ddp_training_from_it(toy, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("store", [["--top-k", "16"], ["--store", "hidden", "--dtype", "fp32"]], ids=["topk", "hidden"])
+def test_two_process_cache_and_ddp_training_from_it(toy, tmp_path, store):  # noqa: F811
     from test_train_ddp import _free_port
 
     def launch(*args):
@@ -172,7 +173,7 @@ def test_two_process_cache_and_ddp_training_from_it(toy, tmp_path):  # noqa: F81
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     out = tmp_path / "cache"
-    launch("teacher", "cache", "--top-k", "16", "--out", str(out), "--shard-size", "10", "--no-progress",
+    launch("teacher", "cache", *store, "--out", str(out), "--shard-size", "10", "--no-progress",
            *kd_args(toy, tmp_path / "unused"))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and len(manifest["shards"]) == 5 and manifest["sequences"] == 47
