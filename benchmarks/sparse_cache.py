@@ -182,7 +182,7 @@ def train_compare(teacher_path: str, teacher, student, tokenizer, steps: int, se
     from csdistill.config import load_config
     from csdistill.tasks.suite import write_suite
     from csdistill.train import train
-    from csdistill.train.dataset import load_train_data
+    from csdistill.data.train_data import load_train_data
 
     student.save_pretrained(work / "student")
     tokenizer.save_pretrained(work / "student")

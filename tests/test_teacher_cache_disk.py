@@ -145,17 +145,24 @@ def test_bad_caches_are_clear_errors(toy, tmp_path, damage, needle):  # noqa: F8
                                    *extra)]) == 2  # one line at the CLI, no traceback
 
 
-@pytest.mark.parametrize("extra, needle", [(["train.mode=imitkd"], "imitkd"), (["loss.name=dld"], "no sparse-teacher form"),
-                                           (["train.mode=seqkd"], "seqkd"),
-                                           (["loss.temperature=2"], "temperature"),
+@pytest.mark.parametrize("extra, needle", [(["train.mode=imitkd"], "imitkd"), (["train.mode=seqkd"], "seqkd"),
                                            (["train.cache_teacher_logits=true"], "cache_teacher_logits")])
 def test_config_rejects_what_a_cache_cannot_do(toy, tmp_path, extra, needle):  # noqa: F811
     with pytest.raises(ConfigError, match=needle):
         load_config(None, kd_args(toy, tmp_path, "train.teacher_cache=somewhere", *extra))
 
 
+@pytest.mark.parametrize("extra, needle", [(["loss.name=dld"], "no sparse-teacher form"),
+                                           (["loss.temperature=2"], "temperature")])
+def test_a_top_k_cache_refuses_losses_it_cannot_serve(toy, full_cache, tmp_path, extra, needle):  # noqa: F811
+    with pytest.raises(ConfigError, match=needle) as err:
+        _train_from(toy, full_cache, tmp_path, *extra)
+    assert "--store hidden" in str(err.value)  # the store that serves every loss
+
+
 @pytest.mark.slow
-def test_two_process_cache_and_ddp_training_from_it(toy, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("store", [["--top-k", "16"], ["--store", "hidden", "--dtype", "fp32"]], ids=["topk", "hidden"])
+def test_two_process_cache_and_ddp_training_from_it(toy, tmp_path, store):  # noqa: F811
     from test_train_ddp import _free_port
 
     def launch(*args):
@@ -166,7 +173,7 @@ def test_two_process_cache_and_ddp_training_from_it(toy, tmp_path):  # noqa: F81
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     out = tmp_path / "cache"
-    launch("teacher", "cache", "--top-k", "16", "--out", str(out), "--shard-size", "10", "--no-progress",
+    launch("teacher", "cache", *store, "--out", str(out), "--shard-size", "10", "--no-progress",
            *kd_args(toy, tmp_path / "unused"))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and len(manifest["shards"]) == 5 and manifest["sequences"] == 47
@@ -215,6 +222,7 @@ def test_shard_round_trip_and_id_width(tmp_path, vocab, id_type):
     spec = {"vocab_size": vocab, "dtype": "fp32", "top_k": 3}
     entry = write_shard(tmp_path / "s.safetensors", rows, [bytes(16), bytes([1] * 16)], [4, 5], spec)
     assert load_file(str(tmp_path / "s.safetensors"))["ids"].dtype == id_type
-    back, digests, offsets = load_shard(tmp_path, entry, spec)
+    shard, digests, offsets = load_shard(tmp_path, entry, spec)
+    back = shard[0:9]  # read from disk, row range by row range
     assert torch.equal(back.ids, rows.ids) and torch.equal(back.labels, rows.labels)
     assert torch.equal(back.logprobs, rows.logprobs) and offsets.tolist() == [0, 4, 9]

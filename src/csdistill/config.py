@@ -149,8 +149,8 @@ class TrainConfig:
     num_threads: int = _f(0, "torch CPU threads (0 = torch's default)")
     cache_teacher_logits: bool = _f(False, "kd mode: keep the teacher's response-position logits in memory after "
                                            "their first forward (fixed data; small data/vocab only)")
-    teacher_cache: str = _f("", "top-k teacher cache folder from `csdistill teacher cache`: train with no teacher "
-                                "loaded (kd; seqkd/paired with response files)")
+    teacher_cache: str = _f("", "teacher cache folder from `csdistill teacher cache` (top-k or hidden store): train "
+                                "with no live teacher (kd; seqkd/paired with response files)")
 
 
 @dataclass
@@ -474,7 +474,9 @@ def _validate_ranges(cfg: Config) -> None:
 
 
 def _validate_teacher_cache(cfg: Config) -> None:
-    """train.teacher_cache: only where the trained sequences are fixed, with a loss that has a sparse form."""
+    """train.teacher_cache: only where the trained sequences are fixed. (Whether the loss has a form the
+    cache serves depends on its store — a top-k cache serves the sparse-capable losses, a hidden-state
+    cache every loss — and is checked when the cache is opened: train/loop.py.)"""
     t, d = cfg.train, cfg.data
     fixed = {"kd": True, "seqkd": bool(d.teacher_responses_file),
              "paired": bool(d.teacher_responses_file and d.student_responses_file)}
@@ -483,12 +485,7 @@ def _validate_teacher_cache(cfg: Config) -> None:
              "or seqkd/paired with data.teacher_responses_file (and data.student_responses_file)")
     _require(not t.cache_teacher_logits, "train.cache_teacher_logits", True,
              "train.teacher_cache already supplies the teacher; set train.cache_teacher_logits=false")
-    from csdistill.losses.sparse import get_sparse_loss
-
-    try:
-        get_sparse_loss(cfg.loss.name, cfg.loss.sparse_tail, **loss_params(cfg.loss))
-    except ValueError as err:
-        raise ConfigError(f"train.teacher_cache: {err}") from None
+    loss_params(cfg.loss)  # raises ConfigError on a bad loss name or parameter
 
 
 def loss_params(loss_cfg: LossConfig) -> dict[str, Any]:

@@ -15,6 +15,7 @@ states + LM head that the fused loss path consumes (``hidden_states_and_head``).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -407,3 +408,25 @@ def hidden_states_and_head(model, input_ids: torch.Tensor, attention_mask: torch
     assert len(captured) == 1, "the base model must run exactly once per forward"
     weight, bias = unwrap_lm_head(model)
     return captured[0], weight, bias  # (B, T, H), (V, H), (V,) | None
+
+
+def final_logit_scale(model) -> float:
+    """The factor by which the architecture turns hidden·Wᵀ + b into its logits: 1, Cohere's
+    config.logit_scale, or 1 / Granite's config.logits_scaling. A non-linear final transform
+    (Gemma-2's final_logit_softcapping) is refused: the teacher's logits are then not a scaled head."""
+    config = getattr(unwrap_model(model), "config", None)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if softcap:
+        raise UserError(f"{type(unwrap_model(model)).__name__} caps its logits (final_logit_softcapping={softcap}), "
+                        "which the hidden-state teacher cache does not apply; use `teacher cache --store topk`")
+    scale = float(getattr(config, "logit_scale", None) or 1.0)
+    if getattr(config, "logits_scaling", None):
+        scale /= float(config.logits_scaling)
+    return scale
+
+
+def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16: autocast matmuls to bfloat16 (CPU: AMX); losses still upcast to float32 inside."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from csdistill.cache.store import FORMATS, bytes_per_position, spec_identity  # noqa: F401 (spec_identity re-exported)
 from csdistill.config import Config, ConfigError
 
 DATA_FILES = ("train_file", "validation_file", "teacher_responses_file", "student_responses_file")
@@ -52,25 +53,24 @@ def teacher_fingerprint(cfg: Config, model) -> dict:
             "weights_sha256": weights.hexdigest()}
 
 
-def build_spec(cfg: Config, tokenizer, teacher: dict, top_k: int, dtype: str, vocab_size: int) -> dict:
-    from csdistill.cache.store import FORMAT, bytes_per_position
-
-    return {"format": FORMAT, "teacher": teacher, "tokenizer_sha256": tokenizer_hash(tokenizer),
-            "data": data_spec(cfg), "top_k": top_k, "dtype": dtype, "vocab_size": vocab_size,
-            "bytes_per_position": bytes_per_position(top_k, vocab_size, dtype)}
-
-
-def spec_identity(spec: dict) -> dict:
-    """The spec without data-file paths: a moved or renamed file with the same content is the same cache."""
-    data = spec.get("data", {})
-    files = {key: {k: v for k, v in entry.items() if k != "path"} for key, entry in data.get("files", {}).items()}
-    return {**spec, "data": {**data, "files": files}}
+def build_spec(cfg: Config, tokenizer, teacher: dict, top_k: int, dtype: str, vocab_size: int,
+               store: str = "topk", head: dict | None = None) -> dict:
+    """The spec of a `store` cache: topk keeps `top_k`; hidden records its head (rows, d, bias, logit scale)."""
+    spec = {"format": FORMATS[store], "teacher": teacher, "tokenizer_sha256": tokenizer_hash(tokenizer),
+            "data": data_spec(cfg), "dtype": dtype, "vocab_size": vocab_size}
+    if store == "hidden":
+        spec.update(store="hidden", head=head, hidden_size=head["hidden_size"],
+                    bytes_per_position=bytes_per_position(0, vocab_size, dtype, "hidden", head["hidden_size"]))
+    else:
+        spec.update(top_k=top_k, bytes_per_position=bytes_per_position(top_k, vocab_size, dtype))
+    return spec
 
 
 def check_against_run(manifest: dict, cfg: Config, tokenizer, vocab_size: int, directory: str) -> None:
     """ConfigError naming every difference between the cache and this run's tokenizer/data/lengths."""
-    fix = (f"re-run `csdistill teacher cache --config <this run's config> --top-k {manifest.get('top_k')} "
-           "--out NEW_DIR` and point train.teacher_cache at it")
+    store = "--store hidden" if manifest.get("store") == "hidden" else f"--top-k {manifest.get('top_k')}"
+    fix = (f"re-run `csdistill teacher cache --config <this run's config> {store} --out NEW_DIR` and point "
+           "train.teacher_cache at it")
     where = f"train.teacher_cache={directory!r}"
     if manifest.get("tokenizer_sha256") != tokenizer_hash(tokenizer):
         raise ConfigError(f"{where} was built with a different tokenizer (vocabulary hash differs); {fix}")
@@ -87,3 +87,23 @@ def check_against_run(manifest: dict, cfg: Config, tokenizer, vocab_size: int, d
         if cached.get("sha256") != current["sha256"]:
             what = "content differs" if cached.get("path") == current["path"] else f"cache has {cached.get('path')!r}"
             raise ConfigError(f"{where}: data.{key}={current['path']!r} does not match the cache ({what}); {fix}")
+
+
+def check_teacher(manifest: dict, cfg: Config, tokenizer, directory: str) -> None:
+    """ConfigError naming both teachers when cfg.teacher is not the teacher the cache was built
+    from (config or weights sha256 differ); a moved copy of the same teacher passes."""
+    from csdistill.models import load_teacher
+
+    cached = manifest.get("teacher", {})
+    if "weights_sha256" not in cached:  # e.g. a vLLM cache: no weights hash to compare against
+        raise ConfigError(f"train.teacher_cache={directory!r} records no teacher weights ({cached.get('source', '?')}); "
+                          f"it cannot be checked against teacher.name_or_path={cfg.teacher.name_or_path!r} — leave "
+                          "teacher.name_or_path empty to train from it")
+    ours = teacher_fingerprint(cfg, load_teacher(cfg, tokenizer))
+    differs = [key for key in ("config_sha256", "weights_sha256") if ours[key] != cached.get(key)]
+    if differs:
+        raise ConfigError(f"teacher.name_or_path={cfg.teacher.name_or_path!r} (precision {ours['precision']}, "
+                          f"{', '.join(f'{k} {ours[k][:12]}' for k in differs)}) is not the teacher "
+                          f"train.teacher_cache={directory!r} was built from ({cached.get('name_or_path')!r}, precision "
+                          f"{cached.get('precision')}, {', '.join(f'{k} {str(cached.get(k))[:12]}' for k in differs)}); "
+                          "point teacher.name_or_path at that teacher, leave it empty, or rebuild the cache")

@@ -29,7 +29,7 @@ from csdistill.cache.store import read_manifest, shard_name, write_shard
 from csdistill.config import ConfigError, load_config
 from csdistill.losses.reduce import shift_labels, valid_mask
 from csdistill.losses.sparse import SparseTeacher
-from csdistill.train.teacher_cache import example_key
+from csdistill.cache.keys import example_key
 
 
 def add_request_arguments(parser: argparse.ArgumentParser) -> None:

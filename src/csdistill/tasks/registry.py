@@ -39,23 +39,13 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 
 def get_task(name: str) -> TaskSpec:
-    _load_builtin()
     if name not in _TASKS:
         raise UserError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(_TASKS))}")
     return _TASKS[name]
 
 
 def task_names() -> list[str]:
-    _load_builtin()
     return sorted(_TASKS)
-
-
-def _load_builtin() -> None:
-    # Importing the suite registers its tasks; imported lazily to avoid a cycle.
-    try:
-        import csdistill.tasks.suite  # noqa: F401
-    except ImportError:  # the suite module is optional while it is being built
-        pass
 
 
 # ----------------------------------------------------------------------- generic checkers

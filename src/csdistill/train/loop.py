@@ -15,9 +15,10 @@ import torch
 from accelerate import Accelerator
 
 from csdistill.checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint
-from csdistill.config import Config, config_hash, loss_params, to_dict, to_yaml
+from csdistill.config import Config, ConfigError, config_hash, loss_params, to_dict, to_yaml
+from csdistill.models import autocast_for  # noqa: F401  (also imported from here)
 from csdistill.errors import CheckpointError, NonFiniteLogitsError, OutputDirError, UserError, check_writable
-from csdistill.train.dataset import load_train_data
+from csdistill.data.train_data import load_train_data
 from csdistill.train.logging import MetricsLogger
 from csdistill.train.output_dir import RunLock, check_earlier_run, config_changes, warn
 from csdistill.train.objective import Objective, part_loss, validation_loss, window_counts
@@ -63,13 +64,6 @@ class Run:
     @property
     def unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.student)
-
-
-def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16: autocast matmuls to bfloat16 (CPU: AMX); losses still upcast to float32 inside."""
-    if precision == "bf16":
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 def load_models(cfg: Config):
@@ -178,21 +172,50 @@ def setup(cfg: Config, callbacks: list[MetricCallback], stack: contextlib.ExitSt
         teacher = _place_teacher(accelerator, teacher)
     autocast = autocast_for(cfg.model.precision, accelerator.device)
     distils = cfg.train.mode != "sft"
-    objective = Objective(cfg, _loss_fn(cfg) if distils else None, loss_params(cfg.loss) if distils else {},
-                          vocab_size, autocast, build_teacher_cache(cfg, tokenizer, vocab_size, data))
+    cache = build_teacher_cache(cfg, tokenizer, vocab_size, data)
+    if cache is not None and cache.source:
+        vocab_size = _cached_teacher(accelerator, cfg, cache, tokenizer, vocab_size)
+    objective = Objective(cfg, _loss_fn(cfg, cache) if distils else None, loss_params(cfg.loss) if distils else {},
+                          vocab_size, autocast, cache)
     source = BatchSource(cfg, data, tokenizer, accelerator.process_index, accelerator.num_processes, steps)
     return Run(cfg, accelerator, student, teacher, tokenizer, objective, source, data.validation,
                optimizer, scheduler, steps, list(callbacks), resume_from)
 
 
-def _loss_fn(cfg: Config) -> Callable:
+def _loss_fn(cfg: Config, cache=None) -> Callable:
+    """The configured loss; from a top-k cache its sparse form (losses/sparse.py), refused when it has none."""
     from csdistill.losses import get_loss
 
-    if cfg.train.teacher_cache:  # the sparse form of the same loss (losses/sparse.py)
+    if cache is not None and cache.store == "topk":
         from csdistill.losses.sparse import get_sparse_loss
 
-        return get_sparse_loss(cfg.loss.name, cfg.loss.sparse_tail, **loss_params(cfg.loss))
+        try:
+            return get_sparse_loss(cfg.loss.name, cfg.loss.sparse_tail, **loss_params(cfg.loss))
+        except ValueError as err:
+            raise ConfigError(f"train.teacher_cache={cfg.train.teacher_cache!r} is a top-k cache: {err}; or build a "
+                              "hidden-state cache (`csdistill teacher cache --store hidden`), which serves every loss "
+                              "exactly") from None
     return get_loss(cfg.loss.name, **loss_params(cfg.loss))
+
+
+def _cached_teacher(accelerator: Accelerator, cfg: Config, cache, tokenizer, vocab_size: int) -> int:
+    """Say (and save as teacher.json) which teacher the cache holds; the compared vocabulary size."""
+    from csdistill.files import atomic_write_json
+    from csdistill.train.teacher_cache import cache_teacher_record
+
+    record = cache_teacher_record(cache)
+    if accelerator.is_main_process:
+        print(f"csdistill: training from teacher cache {cache.source} ({cache.store} store) of teacher "
+              f"{record.get('name_or_path')!r} (weights sha256 {str(record.get('weights_sha256', '-'))[:12]})", flush=True)
+        atomic_write_json(Path(cfg.train.output_dir) / "teacher.json", record, indent=1, sort_keys=True)
+    if cache.store != "hidden":
+        return vocab_size
+    shared = min(vocab_size, cache.head.weight.shape[0])
+    if len(tokenizer) > shared:
+        raise ConfigError(f"train.teacher_cache={cache.source!r}: the tokenizer has {len(tokenizer)} tokens but the "
+                          f"cached teacher head has {cache.head.weight.shape[0]} rows and the student {vocab_size}; "
+                          "the models must share a tokenizer — rebuild the cache from this run's teacher")
+    return shared
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

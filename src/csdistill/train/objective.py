@@ -20,10 +20,10 @@ from typing import Callable
 import torch
 
 from csdistill.config import Config, ConfigError
+from csdistill.errors import UserError
 from csdistill.losses import cross_entropy, fused_linear_distill
 from csdistill.losses.chunked import fused_linear_sparse_distill
 from csdistill.losses.reduce import count_valid, shift_labels, token_mean, valid_mask
-from csdistill.losses.sparse import SparseTeacher
 from csdistill.train.teacher_cache import TeacherCache
 
 
@@ -34,7 +34,7 @@ class Objective:
     loss_params: dict
     vocab_size: int  # shared id range of student and teacher: compare logits[..., :vocab_size]
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-    teacher_cache: TeacherCache | None = None  # train.cache_teacher_logits (dense) or train.teacher_cache (top-k)
+    teacher_cache: TeacherCache | None = None  # train.cache_teacher_logits (dense) or train.teacher_cache (topk | hidden)
 
 
 def window_counts(accelerator, window) -> dict[str, torch.Tensor]:
@@ -67,8 +67,9 @@ def _teacher_logits(objective: Objective, teacher, batch: dict, valid: torch.Ten
     return objective.teacher_cache.rows(batch, valid, None if teacher is None else compute)
 
 
-def _sparse_rows(objective: Objective, batch: dict, labels: torch.Tensor, valid: torch.Tensor) -> SparseTeacher:
-    """The top-k cache's rows at the valid positions, checked against the batch's next tokens."""
+def _cached_rows(objective: Objective, batch: dict, labels: torch.Tensor, valid: torch.Tensor):
+    """The disk cache's rows at the valid positions (SparseTeacher | HiddenRows), checked against the
+    batch's next tokens."""
     rows = objective.teacher_cache.rows(batch, valid)
     if not torch.equal(rows.labels, labels[valid]):
         raise ConfigError(f"train.teacher_cache={objective.cfg.train.teacher_cache!r}: the cached next tokens differ "
@@ -76,12 +77,45 @@ def _sparse_rows(objective: Objective, batch: dict, labels: torch.Tensor, valid:
     return rows
 
 
+def _head_scale(model) -> float | None:
+    """The final logit scale when `model`'s logits are scale·(hidden·Wᵀ + b) of a plain head; None when the
+    head carries an adapter or the architecture transforms its logits otherwise (e.g. soft-capping)."""
+    from csdistill.models import final_logit_scale, unwrap_model
+
+    head = unwrap_model(model).get_output_embeddings()
+    if head is None or hasattr(head, "base_layer"):
+        return None
+    try:
+        return final_logit_scale(model)
+    except UserError:
+        return None
+
+
+def response_logits(model, batch: dict, valid: torch.Tensor) -> torch.Tensor:
+    """(N, V) logits at the `valid` (B, T) positions: the LM head runs on those N rows only, never
+    on the prompt and padding (B, T, V). Call under the run's autocast."""
+    from csdistill.models import hidden_states_and_head
+
+    scale = _head_scale(model)
+    if scale is None:
+        return _forward_logits(model, batch)[valid]
+    hidden, weight, bias = hidden_states_and_head(model, batch["input_ids"], batch["attention_mask"])  # (B, T, H)
+    logits = torch.nn.functional.linear(hidden[valid], weight, bias)  # (N, V)
+    return logits if scale == 1.0 else logits * scale
+
+
 def ce_term(objective: Objective, model, batch: dict, num_valid: torch.Tensor) -> torch.Tensor:
     labels = shift_labels(batch["labels"])  # (B, T): label of the token each position predicts
-    valid = valid_mask(labels)  # (B, T); the loss maths runs on the N valid rows only
+    valid = valid_mask(labels)  # (B, T); the head and the loss maths run on the N valid rows only
     with objective.autocast():
-        logits = _forward_logits(model, batch)
-    return token_mean(cross_entropy(logits[valid], labels[valid]), labels[valid], num_valid_tokens=num_valid)
+        logits = response_logits(model, batch, valid)  # (N, V)
+    return token_mean(cross_entropy(logits, labels[valid]), labels[valid], num_valid_tokens=num_valid)
+
+
+def _hidden_teacher_logits(objective: Objective, batch: dict, labels: torch.Tensor, valid: torch.Tensor):
+    """(N, V) teacher logits of a hidden-state cache, h·Wᵀ + b for this batch only (unfused path)."""
+    rows = _cached_rows(objective, batch, labels, valid)
+    return objective.teacher_cache.head.to(valid.device).logits(rows.hidden, objective.vocab_size)
 
 
 def distill_term(objective: Objective, student, teacher, batch: dict, num_valid: torch.Tensor,
@@ -94,8 +128,10 @@ def distill_term(objective: Objective, student, teacher, batch: dict, num_valid:
     V = objective.vocab_size
     with objective.autocast():
         student_logits = _forward_logits(student, batch)[valid]  # (N, V_student)
-        if _is_sparse(objective):
-            teacher_rows = _sparse_rows(objective, batch, labels, valid)  # (N, k) top-k form
+        if _store(objective) == "topk":
+            teacher_rows = _cached_rows(objective, batch, labels, valid)  # (N, k) top-k form
+        elif _store(objective) == "hidden":
+            teacher_rows = _hidden_teacher_logits(objective, batch, labels, valid)  # (N, V), this batch only
         else:
             teacher_rows = _teacher_logits(objective, teacher, batch, valid)[:, :V]  # (N, V)
     per_position = objective.loss_fn(student_logits[:, :V], teacher_rows)  # (N,) float32
@@ -114,8 +150,8 @@ def _fused_distill_term(objective: Objective, student, teacher, batch: dict, num
     V = objective.vocab_size
     with objective.autocast():
         hidden, weight, bias = hidden_states_and_head(student, batch["input_ids"], batch["attention_mask"])  # (B,T,H), (V,H)
-    if _is_sparse(objective):  # student side chunked, teacher side sparse
-        rows = _sparse_rows(objective, batch, labels, valid_mask(labels))
+    if _store(objective) == "topk":  # student side chunked, teacher side sparse
+        rows = _cached_rows(objective, batch, labels, valid_mask(labels))
         with objective.autocast():
             distill = fused_linear_sparse_distill(hidden, weight[:V], rows, labels, objective.loss_fn,
                                                   objective.cfg.loss.chunk_size or None,
@@ -123,7 +159,7 @@ def _fused_distill_term(objective: Objective, student, teacher, batch: dict, num
         return _with_ce(objective, kd_ratio * scale * distill, hidden, weight, bias, labels, num_valid, kd_ratio)
     with objective.autocast():
         with torch.no_grad():
-            t_hidden, t_weight, t_bias = hidden_states_and_head(teacher, batch["input_ids"], batch["attention_mask"])
+            t_hidden, t_weight, t_bias = _teacher_hidden_and_head(objective, teacher, batch, labels)
         # The engine computes its chunk matmuls in the dtype autocast picks (losses/chunked.compute_dtype).
         distill = fused_linear_distill(
             hidden, weight[:V], t_hidden, t_weight[:V], labels, loss=objective.cfg.loss.name,
@@ -145,8 +181,24 @@ def _with_ce(objective: Objective, loss, hidden, weight, bias, labels, num_valid
     return loss
 
 
-def _is_sparse(objective: Objective) -> bool:
-    return objective.teacher_cache is not None and bool(objective.cfg.train.teacher_cache)
+def _store(objective: Objective) -> str:
+    """"" (live teacher), "dense" (in-memory logits), or a disk cache's store: "topk" | "hidden"."""
+    return "" if objective.teacher_cache is None else objective.teacher_cache.store
+
+
+def _teacher_hidden_and_head(objective: Objective, teacher, batch: dict, labels: torch.Tensor):
+    """The teacher's final hidden states (B, T, d) and head (V, d), (V,) | None: live, or from a
+    hidden-state cache (its rows scattered back to the valid positions; the rest stay zero, unused)."""
+    from csdistill.models import hidden_states_and_head
+
+    if _store(objective) != "hidden":
+        return hidden_states_and_head(teacher, batch["input_ids"], batch["attention_mask"])
+    valid = valid_mask(labels)
+    rows = _cached_rows(objective, batch, labels, valid)
+    head = objective.teacher_cache.head.to(valid.device)
+    hidden = head.weight.new_zeros(*valid.shape, rows.hidden.shape[-1])  # (B, T, d) in the head's dtype
+    hidden[valid] = rows.hidden.to(hidden.dtype)  # a bf16 store is upcast exactly
+    return hidden, head.weight, head.bias
 
 
 def part_loss(objective: Objective, student, teacher, name: str, batch: dict, num_valid: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 
 from csdistill.config import Config
 from csdistill.seeding import make_generator
-from csdistill.train.dataset import EpochSampler, TrainData, rank_slice
+from csdistill.data.train_data import EpochSampler, TrainData, rank_slice
 from csdistill.train.replay import ReplayBuffer
 from csdistill.train.schedules import AdaptiveThreshold
 

@@ -4,8 +4,11 @@ One mechanism, two ways to fill it:
   train.cache_teacher_logits=true   in memory, from the live teacher: each sequence's dense logits
                                     (n_valid, V) are kept after its first forward pass (kd mode,
                                     small data/vocab: the whole (positions × V) block is held)
-  train.teacher_cache=DIR           from a top-k cache on disk (`csdistill teacher cache`): sparse
-                                    rows (losses.sparse.SparseTeacher); no teacher is loaded
+  train.teacher_cache=DIR           from a cache on disk (`csdistill teacher cache`), read shard row
+                                    range by row range (cache/store.ShardRows): top-k rows
+                                    (losses.sparse.SparseTeacher) or the teacher's final hidden states
+                                    (cache/store.HiddenRows) with its head (cache/head.StoredHead);
+                                    no teacher is used
 Either way a sequence's key is a digest of its unpadded input_ids and labels, so it hits whatever
 batch or padding it arrives in, and the rows come back in the row-major order of `logits[valid]`.
 Dense values stay in the dtype the teacher produced them in (bf16 under autocast) — exactly what
@@ -14,38 +17,21 @@ the uncached path would pass to the loss.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from csdistill.cache.keys import example_key, sequence_digest, sequence_keys  # noqa: F401 (importable from here)
+from csdistill.cache.store import load_shard, read_manifest, store_of
 from csdistill.config import ConfigError
-from csdistill.losses.sparse import SparseTeacher
-
-
-def sequence_digest(input_ids: torch.Tensor, labels: torch.Tensor) -> bytes:
-    """16-byte key of one unpadded sequence: input_ids (n,), labels (n,) (unshifted)."""
-    payload = input_ids.cpu().long().numpy().tobytes() + b"|" + labels.cpu().long().numpy().tobytes()
-    return hashlib.sha256(payload).digest()[:16]
-
-
-def sequence_keys(batch: dict[str, torch.Tensor]) -> list[bytes]:
-    """One key per row of a right-padded batch (tensors (B, T))."""
-    lengths = batch["attention_mask"].sum(dim=1).tolist()  # (B,)
-    return [sequence_digest(batch["input_ids"][i, :n], batch["labels"][i, :n]) for i, n in enumerate(lengths)]
-
-
-def example_key(example: dict) -> bytes:
-    """The key of an encoded example {input_ids, labels} — the same as its row in any batch."""
-    return sequence_digest(torch.as_tensor(example["input_ids"]), torch.as_tensor(example["labels"]))
 
 
 def _cat(parts: list):
     """Stored rows, concatenated as stored: outside autocast, whose type promotion rejects the cache's
     fp16 values under a bf16 student's CPU autocast ("Unexpected floating ScalarType")."""
     with torch.autocast("cpu", enabled=False):
-        return SparseTeacher.cat(parts) if isinstance(parts[0], SparseTeacher) else torch.cat(parts)
+        return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else type(parts[0]).cat(parts)
 
 
 class TeacherCache:
@@ -55,15 +41,14 @@ class TeacherCache:
         self._index: dict[bytes, tuple[int, int, int]] = {}
         self._blocks: list = []
         self.source = source  # the cache folder, or "" for the in-memory cache
+        self.store = "dense"  # dense (in memory) | topk | hidden (on disk)
+        self.manifest: dict = {}
+        self.head = None  # hidden store: cache/head.StoredHead
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._index)
-
-    @property
-    def sparse(self) -> bool:
-        return bool(self._blocks) and isinstance(self._blocks[0], SparseTeacher)
 
     def add(self, keys: list[bytes], rows, counts: list[int]) -> None:
         """Store a block of rows: sequence keys[i] owns the next counts[i] rows."""
@@ -106,13 +91,15 @@ class TeacherCache:
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> "TeacherCache":
-        """Load every shard of a finished top-k cache (checked: shapes, V, k, finite values)."""
-        from csdistill.cache.store import load_shard, read_manifest
-
+        """Open every shard of a finished cache (checked: shapes, V, k or d, finite values; rows stay on disk)."""
         directory = Path(directory)
         manifest = read_manifest(directory)
         cache = cls(str(directory))
-        cache.manifest = manifest
+        cache.manifest, cache.store = manifest, store_of(manifest)
+        if cache.store == "hidden":
+            from csdistill.cache.head import load_head
+
+            cache.head = load_head(directory, manifest)
         for entry in manifest["shards"]:
             rows, digests, offsets = load_shard(directory, entry, manifest)
             cache.add([bytes(row) for row in digests], rows, (offsets[1:] - offsets[:-1]).tolist())
@@ -123,14 +110,23 @@ TeacherLogitCache = TeacherCache  # the in-memory use's former name
 
 
 def build_teacher_cache(cfg, tokenizer, vocab_size: int, data) -> TeacherCache | None:
-    """The run's cache: none, in memory (train.cache_teacher_logits) or loaded from
-    train.teacher_cache and checked against this run's tokenizer, data, lengths and sequences."""
-    if cfg.train.teacher_cache:
-        from csdistill.cache.spec import check_against_run
+    """The run's cache: none, in memory (train.cache_teacher_logits) or opened from
+    train.teacher_cache and checked against this run's tokenizer, data, lengths, sequences and —
+    when teacher.name_or_path is set — teacher."""
+    if not cfg.train.teacher_cache:
+        return TeacherCache() if cfg.train.cache_teacher_logits else None
+    from csdistill.cache.spec import check_against_run, check_teacher
 
-        cache = TeacherCache.from_dir(cfg.train.teacher_cache)
-        check_against_run(cache.manifest, cfg, tokenizer, vocab_size, cfg.train.teacher_cache)
-        cache.check_covers(data.train, "training")
-        cache.check_covers(data.validation, "validation")
-        return cache
-    return TeacherCache() if cfg.train.cache_teacher_logits else None
+    cache = TeacherCache.from_dir(cfg.train.teacher_cache)
+    check_against_run(cache.manifest, cfg, tokenizer, vocab_size, cfg.train.teacher_cache)
+    if cfg.teacher.name_or_path:
+        check_teacher(cache.manifest, cfg, tokenizer, cfg.train.teacher_cache)
+    cache.check_covers(data.train, "training")
+    cache.check_covers(data.validation, "validation")
+    return cache
+
+
+def cache_teacher_record(cache: TeacherCache) -> dict:
+    """Which teacher a cache-trained student learned from (logged and saved with the run)."""
+    teacher = cache.manifest.get("teacher", {})
+    return {"teacher_cache": cache.source, "store": cache.store, **teacher}
