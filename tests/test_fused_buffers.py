@@ -33,6 +33,27 @@ def test_compiled_in_place_gradient_matches_full_logits_with_bias_and_short_last
         _assert_match(fused, _value_and_grads(lambda: _unfused(tensors, labels, loss, **params), tensors))
 
 
+def test_compiled_loss_maths_in_row_slices_matches_full_logits_with_one_graph(monkeypatch):
+    """A slice budget of 8 rows (V = 123): each 32-row chunk runs the compiled maths in 4 slices
+    (one graph), gradients written slice by slice; a -inf entry still reruns chunks eagerly."""
+    from torch._dynamo.utils import counters
+
+    from csdistill.losses import chunked
+
+    monkeypatch.setattr(chunked, "LOSS_SLICE_BYTES", 8 * 4 * 123)
+    assert chunked.loss_slice_rows(32, 123) == 8 and chunked.loss_slice_rows(20, 123) == 20
+    tensors, labels = _setup(seed=94, batch=BATCH, n_masked=20)
+    counters.clear()
+    fused = _fused(tensors, labels, loss="jsd", beta=0.7, chunk_size=32, compile=True)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    _assert_match(fused, _value_and_grads(lambda: _unfused(tensors, labels, "jsd", beta=0.7), tensors))
+    for key in ("student_bias", "teacher_bias"):
+        tensors[key] = tensors[key].detach().index_fill(0, torch.tensor([3]), -torch.inf)
+    tensors["student_bias"].requires_grad_()
+    masked = _fused(tensors, labels, loss="jsd", beta=0.7, chunk_size=32, compile=True)
+    _assert_match(masked, _value_and_grads(lambda: _unfused(tensors, labels, "jsd", beta=0.7), tensors))
+
+
 @pytest.mark.parametrize("accumulate", ["float32", "compute"])
 @pytest.mark.parametrize("compile", [False, True])
 def test_all_masked_batch_gives_zero_loss_and_zero_grads_in_input_dtypes(accumulate, compile):

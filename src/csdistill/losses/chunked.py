@@ -18,8 +18,12 @@ callable is differentiated by autograd per chunk and never compiled.
 
 Buffers: each model's chunk logits go into one (rows, V) buffer reused by every chunk (no fresh
 allocation, hence no page faults, per chunk), and the compiled graph writes the chunk's logits
-gradient over the student's logits in place, so a compiled chunk holds two (rows × V) tensors, not
-three. The weight and bias gradient sums start as the first chunk's product (no zero fill).
+gradient over the student's logits in place. The compiled maths runs on row slices of the chunk
+(``loss_slice_rows``: float32 temporaries of at most LOSS_SLICE_BYTES each), so a compiled chunk
+holds its two (rows × V) logits tensors plus one slice's temporaries, not the 3-4 (rows × V)
+tensors of the whole kernel at once (inductor keeps reused exp/softmax terms in buffers); the
+matmuls keep the full chunk, whose size sets their speed. The weight and bias gradient sums start
+as the first chunk's product (no zero fill).
 
 Precision: the head matmuls run in the compute dtype (bf16 under bf16 autocast, with float32
 accumulation inside BLAS); the loss maths is float32. The weight-gradient matmul runs in the
@@ -54,6 +58,9 @@ from csdistill.errors import UserError
 DEFAULT_CHUNK_BYTES = 80 * 2**20  # bytes of one (rows × V) logits tensor per chunk
 MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 64, 1024  # the chunk-size rule in the module docstring
 ROW_QUANTUM = 64  # the chunk-size rule's granularity and the smallest padded compiled chunk
+# float32 bytes of one (slice × V) temporary in a compiled loss-maths call (see loss_slice_rows):
+# inductor keeps 1-3 such temporaries per loss (realised exp/softmax terms) beside the chunk's logits
+LOSS_SLICE_BYTES = 16 * 2**20
 AUTO_COMPILE_MIN_ELEMENTS = 2**20  # compile="auto" compiles only chunks of at least this many logits
 COMPILE_MODES = ("auto", "true", "false")
 # The dtype the head's weight/bias gradients are summed in over chunks: float32, or the compute dtype
@@ -285,7 +292,7 @@ class _KernelBody:
         (padded, V) logits of both models. Compiled, the gradient is the student's logits buffer."""
         student_logits, teacher_logits = project()  # (padded, V) each
         if self._compiles(student_logits.numel()):
-            result = _compiled_chunk(self.kernel, student_logits, teacher_logits, need_grad)
+            result = _compiled_slices(self.kernel, student_logits, teacher_logits, need_grad)
             if result is not None and bool(torch.isfinite(result[1])):
                 return result[0][:n].sum(), (student_logits[:n] if need_grad else None)
             student_logits, teacher_logits = project()  # the graph may have overwritten them
@@ -304,6 +311,31 @@ def _chunk_maths(kernel, student_logits, teacher_logits, need_grad: bool):
     if grad is not None:
         student_logits.copy_(grad)
     return loss, total
+
+
+def loss_slice_rows(rows: int, vocab: int) -> int:
+    """Rows per compiled loss-maths call within a (rows, V) chunk: the largest power of two <=
+    ROW_QUANTUM whose float32 (slice × V) temporaries fit LOSS_SLICE_BYTES, and that divides
+    `rows` (else `rows` itself: one call per chunk)."""
+    budget = max(1, LOSS_SLICE_BYTES // (4 * vocab))
+    slice_rows = min(ROW_QUANTUM, 1 << (budget.bit_length() - 1))
+    return slice_rows if rows % slice_rows == 0 else rows
+
+
+def _compiled_slices(kernel, student_logits, teacher_logits, need_grad: bool):
+    """_compiled_chunk over row slices of the (padded, V) chunk (one graph: equal slices), so the
+    float32 temporaries inductor keeps are (slice × V), not (padded × V); the gradients land in
+    the student's buffer, slice by slice. (loss (padded,), Σ all logits) or None."""
+    step = loss_slice_rows(student_logits.shape[0], student_logits.shape[1])
+    losses, total = [], 0.0
+    for start in range(0, student_logits.shape[0], step):
+        result = _compiled_chunk(kernel, student_logits[start:start + step],
+                                 teacher_logits[start:start + step], need_grad)
+        if result is None:
+            return None
+        losses.append(result[0])
+        total = total + result[1]
+    return torch.cat(losses), total
 
 
 _COMPILED_CHUNK_MATHS = None  # torch.compile(_chunk_maths), made on first use
