@@ -1,18 +1,19 @@
 """Fused LM head + distillation loss, chunked over valid positions (Liger-style mechanics).
 
-The engine holds no formula: it projects hidden states to logits one chunk of positions at a
-time, calls the *same* per-position maths as the loss functions, and immediately turns the
-chunk's logits gradient into gradients of the hidden states, head weight and bias. Only those
-gradients are kept; backward just scales them by ``grad_output``. At most one chunk of
-(positions × V) logits exists per model at any time — never (N × V).
+The engine holds no formula: it projects hidden states to logits one chunk of positions at a time,
+calls the *same* per-position maths as the loss functions, and immediately turns the chunk's logits
+gradient into gradients of the hidden states, head weight and bias. Only those gradients are kept;
+backward just scales them by ``grad_output``. At most one chunk of (positions × V) logits exists
+per model at any time — never (N × V).
 
 Per chunk, a registry loss runs its closed-form kernel (``registry.get_loss_kernel``: loss and
 exact logits gradient in one pass, the kernel behind the public function), not autograd. With
 compilation on, that kernel (plus the write of the gradient, in the compute dtype, over the
-student's logits and a finiteness sum) is one ``torch.compile`` graph — inductor fuses its elementwise passes (C++/OpenMP on CPU,
-Triton on CUDA); the head matmuls stay outside it (BLAS either way). Compiled chunks are
-zero-padded to a power of two >= ROW_QUANTUM rows, capped at the chunk size, so the last, shorter
-chunk reuses the full chunks' graph and a loss sees at most ~5 shapes over a whole run. ``compile="auto"`` compiles chunks of >= AUTO_COMPILE_MIN_ELEMENTS logits
+student's logits and a finiteness sum) is one ``torch.compile`` graph — inductor fuses its
+elementwise passes (C++/OpenMP on CPU, Triton on CUDA); the head matmuls stay outside it (BLAS
+either way). Compiled chunks are zero-padded to a power of two >= ROW_QUANTUM rows, capped at the
+chunk size, so the last, shorter chunk reuses the full chunks' graph and a loss sees at most ~5
+shapes over a whole run. ``compile="auto"`` compiles chunks of >= AUTO_COMPILE_MIN_ELEMENTS logits
 only (tiny test models stay eager); a compiler failure warns once and runs eagerly. A per-position
 callable is differentiated by autograd per chunk and never compiled.
 
@@ -33,13 +34,13 @@ BLAS has no bf16 → float32 output); accumulate="compute" sums them in the comp
 ``addmm_`` per chunk: faster under bf16, rounded to bf16 after every chunk). Gradients return in
 the input dtypes.
 
-Chunk-size rule: rows = DEFAULT_CHUNK_BYTES // (V × bytes per logit in the compute dtype), i.e.
-~80 MiB per (rows × V) logits tensor, rounded down to a multiple of 64 and clamped to [64, 1024]:
-128 rows at V = 131072 and 151936 in float32, 384 at 49152, 1024 at V <= 20480; in bf16 832 at
-49152, 320 at 131072, 256 at 151936. Why: every per-chunk head matmul re-reads (and BLAS repacks) the whole (V × H) weight
-and every chunk adds one product into the weight-gradient sum, so small chunks are slow; a
-chunk's memory is two or three (rows × V) tensors on top of the float32 (V × H) weight-gradient
-buffer, so large chunks cost memory with no further speed-up (measurements in
+Chunk-size rule: rows = DEFAULT_CHUNK_BYTES // (V × bytes per logit in the compute dtype), i.e. ~80
+MiB per (rows × V) logits tensor, rounded down to a multiple of 64 and clamped to [64, 1024]: 128
+rows at V = 131072 and 151936 in float32, 384 at 49152, 1024 at V <= 20480; in bf16 832 at 49152,
+320 at 131072, 256 at 151936. Why: every per-chunk head matmul re-reads (and BLAS repacks) the
+whole (V × H) weight and every chunk adds one product into the weight-gradient sum, so small chunks
+are slow; a chunk's memory is two or three (rows × V) tensors on top of the float32 (V × H)
+weight-gradient buffer, so large chunks cost memory with no further speed-up (measurements in
 benchmarks/RESULTS.md, "Fused engine: first-chunk write, in-place chunk gradient"). A budget in
 bytes rather than in logits gives bf16 chunks twice the rows for the same memory.
 """
