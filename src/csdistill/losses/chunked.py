@@ -31,7 +31,7 @@ accumulation inside BLAS); the loss maths is float32. The weight-gradient matmul
 compute dtype; by default (accumulate="float32") its per-chunk products are summed in a float32
 buffer (one ``addmm_`` in float32; by vocabulary blocks added into float32 under bf16, since CPU
 BLAS has no bf16 → float32 output); accumulate="compute" sums them in the compute dtype (one
-``addmm_`` per chunk: faster under bf16, rounded to bf16 after every chunk). Gradients return in
+``addmm_`` per chunk, no float32 buffer: less memory, rounded to bf16 after every chunk). Gradients return in
 the input dtypes.
 
 Chunk-size rule: rows = DEFAULT_CHUNK_BYTES // (V × bytes per logit in the compute dtype), i.e. ~80
@@ -41,7 +41,7 @@ rows at V = 131072 and 151936 in float32, 384 at 49152, 1024 at V <= 20480; in b
 whole (V × H) weight and every chunk adds one product into the weight-gradient sum, so small chunks
 are slow; a chunk's memory is two or three (rows × V) tensors on top of the float32 (V × H)
 weight-gradient buffer, so large chunks cost memory with no further speed-up (measurements in
-benchmarks/RESULTS.md, "Fused engine: first-chunk write, in-place chunk gradient"). A budget in
+benchmarks/RESULTS.md, "Fused engine: first-chunk write, in-place chunk gradient, sliced loss maths"). A budget in
 bytes rather than in logits gives bf16 chunks twice the rows for the same memory.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ LOSS_SLICE_BYTES = 16 * 2**20
 AUTO_COMPILE_MIN_ELEMENTS = 2**20  # compile="auto" compiles only chunks of at least this many logits
 COMPILE_MODES = ("auto", "true", "false")
 # The dtype the head's weight/bias gradients are summed in over chunks: float32, or the compute dtype
-# (bf16 under bf16: faster; its error against float64 is in benchmarks/RESULTS.md).
+# (bf16 under bf16: less memory; its speed and error against float64 are in benchmarks/RESULTS.md).
 ACCUMULATE_MODES = ("float32", "compute")
 _WEIGHT_GRAD_BLOCK = 32768  # vocab rows per low-precision weight-gradient matmul (bounds its temp)
 
@@ -93,7 +93,7 @@ def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher
     a chunk holds >= AUTO_COMPILE_MIN_ELEMENTS logits), "true", "false" (or a bool); a failed
     compilation falls back to eager with one warning. accumulate: "float32" (default) sums the
     head's weight and bias gradients over chunks in float32; "compute" sums them in the compute
-    dtype (faster under bf16, rounded per chunk; see ACCUMULATE_MODES). A padded teacher vocabulary (V_t > V_s) is
+    dtype (under bf16: no float32 buffer, rounded per chunk; see ACCUMULATE_MODES). A padded teacher vocabulary (V_t > V_s) is
     compared on the shared ids [0, V_s). Gradients reach student_hidden, student_weight and
     student_bias (in their dtypes; accumulated in float32); the teacher runs without grad.
     bf16 inputs give bf16 logits per chunk, as the unfused model would; loss maths is float32.
