@@ -10,6 +10,9 @@ Each variant runs forward + backward into the student hidden states and head wei
 subprocess pinned with ``taskset`` to one core (``--cores``, one torch thread per core):
   fused:<loss>          csdistill ``fused_linear_distill`` (any registry loss; compile per --compile)
   fused-eager:<loss>    the same with compile=False
+  fused-acc:<loss>      the same with accumulate="compute" (weight gradient summed in the compute dtype)
+  base/<variant>        any variant run on another checkout's code (``--base-src``, e.g. main's
+                        src/): a before/after comparison in one interleaved run
   full:<loss>           full (N × V) logits, csdistill's per-position loss, token_mean, backward
   plain-jsd, plain-fkl  full logits with the textbook formula in plain torch ops (autograd)
   liger, liger-eager    Liger-Kernel ``LigerFusedLinearJSDLoss`` (β 0.5, soft loss only), compiled / not
@@ -25,8 +28,13 @@ Correctness gate, before anything is timed: each JSD implementation's loss on th
 Peak extra memory = VmHWM − VmRSS around one step, after --warmup untimed steps (these include
 torch.compile), with the peak reset by writing 5 to /proc/self/clear_refs; inputs are allocated
 before the baseline, gradients after. Time = median of --reps timed steps. Variants run
-back to back in --rounds rounds of alternating order; each reports its best round. The load
-average is printed before and after each shape.
+back to back in --rounds rounds of alternating order; each reports its best round and, with
+--rounds > 1, its time ratio to the reference in every round (min–max). The load average is printed
+before and after each shape.
+
+    python benchmarks/loss_memory.py --accumulation-error --shapes 49152:576
+prints the error of the bf16 fused head's weight gradient, accumulate float32 vs compute, against a
+float64 gradient of the same (rounded) inputs (relative Frobenius norm and max-abs / max-|ref|).
 """
 from __future__ import annotations
 
@@ -42,7 +50,8 @@ BETA = 0.5
 DEFAULT_VARIANTS = ("fused:csd,fused:fkl,fused:jsd,liger,liger-eager,trl,plain-jsd,plain-fkl,"
                     "full:csd,full:fkl,full:jsd")
 DEFAULT_SHAPES = "49152:576,151936:512"  # V:H
-JSD_VARIANTS = ("fused:jsd", "fused-eager:jsd", "full:jsd", "plain-jsd", "liger", "liger-eager", "trl")
+JSD_VARIANTS = ("fused:jsd", "fused-eager:jsd", "fused-acc:jsd", "full:jsd", "plain-jsd", "liger",
+                "liger-eager", "trl")
 
 
 def _status_kib(field: str) -> int:
@@ -62,12 +71,14 @@ def _loss_fn(variant: str, compile_mode: str):
     """(hidden, weight, teacher_hidden, teacher_weight) → scalar loss, differentiable in the first two."""
     import torch
 
-    kind, _, name = variant.partition(":")
-    if kind in ("fused", "fused-eager"):
+    kind, _, name = variant.removeprefix("base/").partition(":")
+    if kind in ("fused", "fused-eager", "fused-acc"):
         from csdistill.losses import fused_linear_distill
 
         params = {"beta": BETA} if name == "jsd" else {"weighting": "SS"} if name == "csd" else {}
         mode = "false" if kind == "fused-eager" else compile_mode
+        if kind == "fused-acc":
+            params["accumulate"] = "compute"
         return lambda h, w, th, tw: fused_linear_distill(
             h, w, th, tw, torch.zeros(h.shape[0], dtype=torch.long), loss=name, compile=mode, **params)
     if kind == "full":
@@ -176,6 +187,10 @@ def _run(variant: str, vocab: int, hidden: int, dtype: str, core: str, args, gat
                "--warmup", str(args.warmup), "--compile", args.compile,
                "--gate-rows", str(args.gate_rows)] + (["--gate"] if gate else [])
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if variant.startswith("base/"):
+        if not args.base_src:
+            raise SystemExit(f"{variant} needs --base-src (the other checkout's src/)")
+        env["PYTHONPATH"] = args.base_src
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
@@ -190,7 +205,7 @@ def _load() -> str:
 def _gate(variants, vocab: int, hidden: int, dtype: str, args) -> dict:
     """{variant: |loss − float64 reference|} for the JSD variants; prints one line each."""
     errors = {}
-    for variant in [v for v in variants if v in JSD_VARIANTS]:
+    for variant in [v for v in variants if v.removeprefix("base/") in JSD_VARIANTS]:
         result = _run(variant, vocab, hidden, dtype, args.cores[0], args, gate=True)
         if "loss" not in result:
             print(f"  gate {variant:<16} skipped: {result.get('missing') or result.get('error')}")
@@ -221,6 +236,7 @@ def main(args) -> None:
                     core = args.cores[index % len(args.cores)]
                     runs[variant].append(_run(variant, vocab, hidden, dtype, core, args))
             _print_table(runs, errors)
+            _print_round_ratios(runs)
             print(f"load average after: {_load()}", flush=True)
 
 
@@ -253,6 +269,54 @@ def _print_table(runs: dict, errors: dict) -> None:
                   f"memory {best[variant]['peak_mib'] / max(best[plain]['peak_mib'], 1e-9):.3f}x")
 
 
+def _print_round_ratios(runs: dict) -> None:
+    """Time / reference time within each round (the variants of one round ran back to back)."""
+    ref_name = "liger" if "liger" in runs else "plain-jsd"
+    rounds = len(runs.get(ref_name, []))
+    if rounds < 2:
+        return
+    for variant, results in runs.items():
+        ratios = [r["time_ms"] / ref["time_ms"] for r, ref in zip(results, runs[ref_name])
+                  if "time_ms" in r and "time_ms" in ref]
+        if variant != ref_name and ratios:
+            print(f"  {variant:<16} / {ref_name} per round: "
+                  + " ".join(f"{x:.2f}" for x in ratios) + f"  (min {min(ratios):.2f}, max {max(ratios):.2f})")
+
+
+def accumulation_error(args) -> None:
+    """Weight-gradient error of the bf16 fused JSD, accumulate float32 vs compute, vs float64."""
+    import math
+
+    import torch
+
+    from csdistill.losses import fused_linear_distill
+
+    torch.set_num_threads(1)
+    for shape in args.shapes.split(","):
+        vocab, hidden = (int(x) for x in shape.split(":"))
+        h, w, th, tw = _inputs(torch, args.positions, vocab, hidden, torch.bfloat16)
+        reference = torch.zeros(vocab, hidden, dtype=torch.float64)
+        for start in range(0, args.positions, 256):  # float64 gradient of the mean JSD, by chunks
+            hs = h.detach()[start:start + 256].double()
+            logits = (hs @ w.detach().double().t()).requires_grad_()
+            log_q = torch.log_softmax(logits, -1)
+            log_p = torch.log_softmax(th[start:start + 256].double() @ tw.double().t(), -1)
+            log_m = torch.logaddexp(log_p + math.log(BETA), log_q + math.log1p(-BETA))
+            kl = lambda a, b: (a.exp() * (a - b)).sum()  # noqa: E731
+            value = (BETA * kl(log_p, log_m) + (1 - BETA) * kl(log_q, log_m)) / args.positions
+            (grad,) = torch.autograd.grad(value, logits)
+            reference += grad.t() @ hs
+        labels = torch.zeros(args.positions, dtype=torch.long)
+        for accumulate in ("float32", "compute"):
+            weight = w.detach().clone().requires_grad_()
+            fused_linear_distill(h.detach(), weight, th, tw, labels, loss="jsd", beta=BETA,
+                                 compile=args.compile, accumulate=accumulate).backward()
+            delta = weight.grad.double() - reference
+            print(f"V={vocab} H={hidden} N={args.positions} bf16 accumulate={accumulate}: weight-grad "
+                  f"relative error {float(delta.norm() / reference.norm()):.2e}, max-abs / max-|ref| "
+                  f"{float(delta.abs().max() / reference.abs().max()):.2e}", flush=True)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="V 4096/8192, N 256, csdistill variants only")
@@ -268,6 +332,9 @@ if __name__ == "__main__":
     parser.add_argument("--cores", default="0", help="comma-separated cores, one per variant in turn")
     parser.add_argument("--gate-rows", type=int, default=64, help="positions of the correctness gate")
     parser.add_argument("--strict-gate", action="store_true", help="stop if any JSD fails the gate")
+    parser.add_argument("--base-src", help="src/ of another checkout, for base/<variant> (before/after)")
+    parser.add_argument("--accumulation-error", action="store_true",
+                        help="print the bf16 weight-gradient error of accumulate float32 vs compute")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--gate", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
@@ -278,4 +345,7 @@ if __name__ == "__main__":
     if cli.quick:
         cli.positions, cli.shapes, cli.dtypes = 256, "4096:64,8192:64", "fp32"
         cli.variants = "fused:csd,fused:jsd,full:csd,full:jsd,plain-jsd"
-    worker(cli) if cli.worker else main(cli)
+    if cli.accumulation_error:
+        accumulation_error(cli)
+    else:
+        worker(cli) if cli.worker else main(cli)

@@ -105,6 +105,9 @@ class LossConfig:
                           ("support", "bucket"))
     compile: str = _f("auto", "fused path: torch.compile the per-chunk loss maths: auto (large chunks only), true, false",
                       ("auto", "true", "false"))
+    accumulate: str = _f("float32", "fused path: dtype the head's weight/bias gradient is summed in over chunks: float32, "
+                                    "or compute (the matmul dtype; under bf16 less memory, rounded to bf16 per chunk)",
+                         ("float32", "compute"))
 
 
 @dataclass

@@ -1,34 +1,48 @@
 """Fused LM head + distillation loss, chunked over valid positions (Liger-style mechanics).
 
-The engine holds no formula: it projects hidden states to logits one chunk of positions at a
-time, calls the *same* per-position maths as the loss functions, and immediately turns the
-chunk's logits gradient into gradients of the hidden states, head weight and bias. Only those
-gradients are kept; backward just scales them by ``grad_output``. At most one chunk of
-(positions × V) logits exists per model at any time — never (N × V).
+The engine holds no formula: it projects hidden states to logits one chunk of positions at a time,
+calls the *same* per-position maths as the loss functions, and immediately turns the chunk's logits
+gradient into gradients of the hidden states, head weight and bias. Only those gradients are kept;
+backward just scales them by ``grad_output``. At most one chunk of (positions × V) logits exists
+per model at any time — never (N × V).
 
 Per chunk, a registry loss runs its closed-form kernel (``registry.get_loss_kernel``: loss and
 exact logits gradient in one pass, the kernel behind the public function), not autograd. With
-compilation on, that kernel (plus the cast of the gradient to the compute dtype and a finiteness
-sum) is one ``torch.compile`` graph — inductor fuses its elementwise passes (C++/OpenMP on CPU,
-Triton on CUDA); the head matmuls stay outside it (BLAS either way). Compiled chunks are
-zero-padded to a power of two >= ROW_QUANTUM rows, capped at the chunk size, so the last, shorter
-chunk reuses the full chunks' graph and a loss sees at most ~5 shapes over a whole run. ``compile="auto"`` compiles chunks of >= AUTO_COMPILE_MIN_ELEMENTS logits
+compilation on, that kernel (plus the write of the gradient, in the compute dtype, over the
+student's logits and a finiteness sum) is one ``torch.compile`` graph — inductor fuses its
+elementwise passes (C++/OpenMP on CPU, Triton on CUDA); the head matmuls stay outside it (BLAS
+either way). Compiled chunks are zero-padded to a power of two >= ROW_QUANTUM rows, capped at the
+chunk size, so the last, shorter chunk reuses the full chunks' graph and a loss sees at most ~5
+shapes over a whole run. ``compile="auto"`` compiles chunks of >= AUTO_COMPILE_MIN_ELEMENTS logits
 only (tiny test models stay eager); a compiler failure warns once and runs eagerly. A per-position
 callable is differentiated by autograd per chunk and never compiled.
 
-Precision: the head matmuls run in the compute dtype (bf16 under bf16 autocast, with float32
-accumulation inside BLAS); the loss maths is float32; the weight-gradient matmul runs in the
-compute dtype, block by block, summed into a float32 buffer; gradients return in input dtypes.
+Buffers: each model's chunk logits go into one (rows, V) buffer reused by every chunk (no fresh
+allocation, hence no page faults, per chunk), and the compiled graph writes the chunk's logits
+gradient over the student's logits in place. The compiled maths runs on row slices of the chunk
+(``loss_slice_rows``: float32 temporaries of at most LOSS_SLICE_BYTES each), so a compiled chunk
+holds its two (rows × V) logits tensors plus one slice's temporaries, not the 3-4 (rows × V)
+tensors of the whole kernel at once (inductor keeps reused exp/softmax terms in buffers); the
+matmuls keep the full chunk, whose size sets their speed. The weight and bias gradient sums start
+as the first chunk's product (no zero fill).
 
-Chunk-size rule: rows = DEFAULT_CHUNK_ELEMENTS // V (~20M logits, 80 MiB per float32 tensor),
-rounded down to a multiple of 64 and clamped to [64, 1024]: 128 rows at V = 131072 and 151936,
-384 at 49152, 1024 at V <= 20480. Memory per chunk ≈ 3-4 (rows × V) float32 tensors (student and
-teacher logits, the gradient, a loss temporary) on top of the float32 (V × H) weight-gradient
-buffer. Small chunks are slow because every per-chunk head matmul repacks the (V × H) weight;
-large ones cost memory. Measured (fused JSD, compiled, V = 151936, H = 512, N = 512, fp32, one
-core, one thread, load average ~10 on the shared 2-core CPU, so ±20 %): 64 rows 22.0 s/step,
-128 rows 15.8 s, 256 rows 17.1 s, 512 rows 34.6 s — no gain above 128 rows while the chunk memory keeps
-doubling; at N = 2048 the 128-row chunks keep the fused peak under 1/8 of a full-logit FKL's.
+Precision: the head matmuls run in the compute dtype (bf16 under bf16 autocast, with float32
+accumulation inside BLAS); the loss maths is float32. The weight-gradient matmul runs in the
+compute dtype; by default (accumulate="float32") its per-chunk products are summed in a float32
+buffer (one ``addmm_`` in float32; by vocabulary blocks added into float32 under bf16, since CPU
+BLAS has no bf16 → float32 output); accumulate="compute" sums them in the compute dtype (one
+``addmm_`` per chunk, no float32 buffer: less memory, rounded to bf16 after every chunk). Gradients return in
+the input dtypes.
+
+Chunk-size rule: rows = DEFAULT_CHUNK_BYTES // (V × bytes per logit in the compute dtype), i.e. ~80
+MiB per (rows × V) logits tensor, rounded down to a multiple of 64 and clamped to [64, 1024]: 128
+rows at V = 131072 and 151936 in float32, 384 at 49152, 1024 at V <= 20480; in bf16 832 at 49152,
+320 at 131072, 256 at 151936. Why: every per-chunk head matmul re-reads (and BLAS repacks) the
+whole (V × H) weight and every chunk adds one product into the weight-gradient sum, so small chunks
+are slow; a chunk's memory is two or three (rows × V) tensors on top of the float32 (V × H)
+weight-gradient buffer, so large chunks cost memory with no further speed-up (measurements in
+benchmarks/RESULTS.md, "Fused engine: first-chunk write, in-place chunk gradient, sliced loss maths"). A budget in
+bytes rather than in logits gives bf16 chunks twice the rows for the same memory.
 """
 from __future__ import annotations
 
@@ -42,24 +56,32 @@ from csdistill.losses.reduce import _as_count, valid_mask
 from csdistill.losses.registry import LOSS_NAMES, get_loss_kernel
 from csdistill.errors import UserError
 
-DEFAULT_CHUNK_ELEMENTS = 20 * 2**20  # logits entries per chunk (rows × V); 80 MiB in float32
-MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 64, 1024  # see the chunk-size rule in the module docstring
+DEFAULT_CHUNK_BYTES = 80 * 2**20  # bytes of one (rows × V) logits tensor per chunk
+MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 64, 1024  # the chunk-size rule in the module docstring
 ROW_QUANTUM = 64  # the chunk-size rule's granularity and the smallest padded compiled chunk
+# float32 bytes of one (slice × V) temporary in a compiled loss-maths call (see loss_slice_rows):
+# inductor keeps 1-3 such temporaries per loss (realised exp/softmax terms) beside the chunk's logits
+LOSS_SLICE_BYTES = 16 * 2**20
 AUTO_COMPILE_MIN_ELEMENTS = 2**20  # compile="auto" compiles only chunks of at least this many logits
 COMPILE_MODES = ("auto", "true", "false")
+# The dtype the head's weight/bias gradients are summed in over chunks: float32, or the compute dtype
+# (bf16 under bf16: less memory; its speed and error against float64 are in benchmarks/RESULTS.md).
+ACCUMULATE_MODES = ("float32", "compute")
 _WEIGHT_GRAD_BLOCK = 32768  # vocab rows per low-precision weight-gradient matmul (bounds its temp)
 
 
-def default_chunk_size(vocab_size: int) -> int:
-    """Rows (positions) per chunk: ~DEFAULT_CHUNK_ELEMENTS logits, clamped to [64, 1024] and
-    rounded down to a multiple of ROW_QUANTUM (see the module docstring for the measurements)."""
-    rows = DEFAULT_CHUNK_ELEMENTS // vocab_size
+def default_chunk_size(vocab_size: int, dtype: torch.dtype = torch.float32) -> int:
+    """Rows (positions) per chunk: (rows × V) logits of ~DEFAULT_CHUNK_BYTES in `dtype` (the
+    compute dtype), clamped to [64, 1024] and rounded down to a multiple of ROW_QUANTUM (the
+    chunk-size rule in the module docstring)."""
+    rows = DEFAULT_CHUNK_BYTES // (vocab_size * torch.empty((), dtype=dtype).element_size())
     return max(MIN_CHUNK_ROWS, min(MAX_CHUNK_ROWS, rows // ROW_QUANTUM * ROW_QUANTUM))
 
 
 def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher_weight, labels,
                          loss="csd", chunk_size=None, student_bias=None, teacher_bias=None,
-                         num_valid_tokens=None, compile="auto", **loss_params) -> torch.Tensor:
+                         num_valid_tokens=None, compile="auto", accumulate="float32",
+                         **loss_params) -> torch.Tensor:
     """Σ_valid loss(h_s W_sᵀ + b_s, h_t W_tᵀ + b_t) / n — a float32 scalar, chunked.
 
     student_hidden (..., H_s), teacher_hidden (..., H_t); student_weight (V_s, H_s), teacher_weight
@@ -69,7 +91,9 @@ def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher
     ``**loss_params``; its closed-form kernel runs per chunk, compiled or eager) or a per-position
     callable (differentiated by autograd per chunk, never compiled). compile: "auto" (compile when
     a chunk holds >= AUTO_COMPILE_MIN_ELEMENTS logits), "true", "false" (or a bool); a failed
-    compilation falls back to eager with one warning. A padded teacher vocabulary (V_t > V_s) is
+    compilation falls back to eager with one warning. accumulate: "float32" (default) sums the
+    head's weight and bias gradients over chunks in float32; "compute" sums them in the compute
+    dtype (under bf16: no float32 buffer, rounded per chunk; see ACCUMULATE_MODES). A padded teacher vocabulary (V_t > V_s) is
     compared on the shared ids [0, V_s). Gradients reach student_hidden, student_weight and
     student_bias (in their dtypes; accumulated in float32); the teacher runs without grad.
     bf16 inputs give bf16 logits per chunk, as the unfused model would; loss maths is float32.
@@ -78,11 +102,13 @@ def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher
     autocast off, and the gradients still come back in each input's own dtype.
     """
     body = _resolve_loss(loss, loss_params, _compile_mode(compile))
+    _check_accumulate(accumulate)
     _check_inputs(student_hidden, student_weight, teacher_hidden, teacher_weight, labels)
     vocab = student_weight.shape[0]
     teacher_weight, teacher_bias = _shared_vocab(teacher_weight, teacher_bias, vocab)
     _check_bias(student_bias, vocab, "student_bias")
-    rows = default_chunk_size(vocab) if chunk_size is None else chunk_size
+    dtype = compute_dtype(student_hidden)
+    rows = default_chunk_size(vocab, dtype) if chunk_size is None else chunk_size
     if not isinstance(rows, int) or rows < 1:
         raise UserError(f"chunk_size={chunk_size!r} is invalid; pass a positive int of positions "
                          "per chunk, or None for the default.")
@@ -96,20 +122,22 @@ def fused_linear_distill(student_hidden, student_weight, teacher_hidden, teacher
         return _FusedLinearDistill.apply(hidden, student_weight, student_bias, teacher,
                                          _cast(teacher_weight.detach(), teacher_dtype),
                                          _cast(_detach(teacher_bias), teacher_dtype), body, rows,
-                                         denominator, compute_dtype(student_hidden))
+                                         denominator, dtype, accumulate)
 
 
 # ---- sparse teacher: student side chunked, teacher rows given (e.g. a top-k cache) ----
 def fused_linear_sparse_distill(student_hidden, student_weight, teacher_rows, labels, loss_fn,
-                                chunk_size=None, student_bias=None, num_valid_tokens=None) -> torch.Tensor:
+                                chunk_size=None, student_bias=None, num_valid_tokens=None,
+                                accumulate="float32") -> torch.Tensor:
     """Σ_valid loss_fn(h_s W_sᵀ + b_s, teacher_rows[i]) / n — the fused engine with no teacher head.
 
     teacher_rows: one row per *valid* position (row-major order of labels != IGNORE_INDEX), sliced
     per chunk with ``teacher_rows[a:b]`` (e.g. ``losses.sparse.SparseTeacher``); loss_fn(student
     chunk logits (n, V), teacher_rows[a:b]) -> (n,). Otherwise as :func:`fused_linear_distill`."""
+    _check_accumulate(accumulate)
     vocab = student_weight.shape[0]
     _check_bias(student_bias, vocab, "student_bias")
-    rows = default_chunk_size(vocab) if chunk_size is None else chunk_size
+    rows = default_chunk_size(vocab, compute_dtype(student_hidden)) if chunk_size is None else chunk_size
     mask = valid_mask(labels)  # (...)
     hidden = student_hidden[mask]  # (N, H_s)
     if len(teacher_rows) != hidden.shape[0]:
@@ -118,7 +146,8 @@ def fused_linear_sparse_distill(student_hidden, student_weight, teacher_rows, la
     count = mask.sum() if num_valid_tokens is None else _as_count(num_valid_tokens)
     with torch.autocast(student_hidden.device.type, enabled=False):
         return _FusedLinearDistill.apply(hidden, student_weight, student_bias, teacher_rows, None, None,
-                                         loss_fn, rows, max(int(count), 1), compute_dtype(student_hidden))
+                                         loss_fn, rows, max(int(count), 1), compute_dtype(student_hidden),
+                                         accumulate)
 # ---- end sparse teacher ----
 
 
@@ -136,14 +165,17 @@ class _FusedLinearDistill(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, body,
-                rows, denominator, dtype):
+                rows, denominator, dtype, accumulate):
         """dtype: the student head's compute dtype; the teacher arrives already in its own.
-        teacher_weight None: teacher_hidden holds the teacher's rows themselves (sliceable)."""
+        teacher_weight None: teacher_hidden holds the teacher's rows themselves (sliceable).
+        accumulate: "float32" or "compute", the dtype the weight and bias gradients are summed in."""
         if not isinstance(body, (_KernelBody, _AutogradBody)):  # a bare per-position callable
             body = _AutogradBody(body)
         wants = ctx.needs_input_grad[:3]  # (hidden, weight, bias)
-        grads = _GradBuffers(hidden, weight, bias, wants)
+        grads = _GradBuffers(hidden, weight, bias, wants, accumulate)
         weight, bias = _cast(weight, dtype), _cast(bias, dtype)  # (V, H), (V,): one copy, as autocast
+        student_head = _Head(weight, bias, body.reuses_buffers)
+        teacher_head = _Head(teacher_weight, teacher_bias, body.reuses_buffers)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], rows):
             stop = min(start + rows, hidden.shape[0])
@@ -152,8 +184,7 @@ class _FusedLinearDistill(torch.autograd.Function):
             padded = body.padded_rows(stop - start, rows, weight.shape[0])
             if padded != stop - start:  # compiled: zero rows up to one of few shapes
                 student_chunk, teacher_chunk = _pad_rows(student_chunk, padded), _pad_rows(teacher_chunk, padded)
-            chunk_sum, logits_grad = body((student_chunk, weight, bias),
-                                          (teacher_chunk, teacher_weight, teacher_bias),
+            chunk_sum, logits_grad = body(lambda: (student_head(student_chunk), teacher_head(teacher_chunk)),
                                           stop - start, any(wants))
             total += chunk_sum
             if logits_grad is not None:
@@ -167,7 +198,7 @@ class _FusedLinearDistill(torch.autograd.Function):
         unit = bool(grad_output == 1)  # the usual case: hand the stored gradients over as they are
         scaled = [None if g is None else (g if unit else g * grad_output.to(g.dtype))
                   for g in ctx.saved_tensors]
-        return scaled[0], scaled[1], scaled[2], None, None, None, None, None, None, None
+        return scaled[0], scaled[1], scaled[2], None, None, None, None, None, None, None, None
 
 
 def _pad_rows(rows: torch.Tensor, padded: int) -> torch.Tensor:
@@ -175,13 +206,36 @@ def _pad_rows(rows: torch.Tensor, padded: int) -> torch.Tensor:
     return F.pad(rows, (0, 0, 0, padded - rows.shape[0]))
 
 
-def _head_logits(head) -> torch.Tensor:
-    """(n, V) logits of (hidden (n, H), weight (V, H), bias); weight None: the rows themselves."""
-    return head[0] if head[1] is None else F.linear(*head)
+class _Head:
+    """One model's LM head over the chunks: rows (n, H) → logits (n, V) = rows Wᵀ + b.
+
+    reuse: every chunk's logits go into one (rows, V) buffer made by the first (largest) chunk,
+    so no chunk allocates (and page-faults) fresh (n, V) memory; the compiled loss then writes
+    the chunk's gradient over the student's logits in that same buffer. weight None: the rows
+    are the logits themselves (teacher rows given, e.g. a cache)."""
+
+    def __init__(self, weight, bias, reuse: bool):
+        self.weight, self.bias, self.reuse, self.buffer = weight, bias, reuse, None
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            return rows
+        if not self.reuse:
+            return F.linear(rows, self.weight, self.bias)
+        n = rows.shape[0]
+        if self.buffer is None or self.buffer.shape[0] < n:
+            self.buffer = rows.new_empty((n, self.weight.shape[0]))  # (rows, V)
+        out = self.buffer[:n]  # (n, V): leading rows of a contiguous buffer, contiguous
+        if self.bias is None:
+            return torch.mm(rows, self.weight.t(), out=out)  # what F.linear runs, into the buffer
+        return torch.addmm(self.bias, rows, self.weight.t(), out=out)
 
 
 class _AutogradBody:
-    """A per-position callable loss, differentiated by autograd chunk by chunk (never compiled)."""
+    """A per-position callable loss, differentiated by autograd chunk by chunk (never compiled).
+    Its logits are fresh tensors (no reused buffers): the teacher's are freed before the backward."""
+
+    reuses_buffers = False
 
     def __init__(self, loss_fn):
         self.loss_fn = loss_fn
@@ -189,11 +243,12 @@ class _AutogradBody:
     def padded_rows(self, n: int, rows: int, vocab: int) -> int:
         return n
 
-    def __call__(self, student_head, teacher_head, n: int, need_grad: bool):
+    def __call__(self, project, n: int, need_grad: bool):
         """Σ loss over one chunk (float32 scalar) and ∂Σ/∂student_logits (n, V) or None.
-        The logits live only in this frame, so the teacher's are freed before the backward."""
-        student_logits = _head_logits(student_head).requires_grad_(need_grad)  # (n, V)
-        teacher_logits = _head_logits(teacher_head)  # (n, V) or given rows
+        project() → (student logits (n, V), teacher logits (n, V) or given rows); they live only
+        in this frame, so the teacher's are freed before the backward."""
+        student_logits, teacher_logits = project()
+        student_logits.requires_grad_(need_grad)  # (n, V)
         with torch.enable_grad():
             per_position = self.loss_fn(student_logits, teacher_logits)  # (n,)
             if tuple(per_position.shape) != tuple(student_logits.shape[:-1]):
@@ -217,6 +272,8 @@ class _KernelBody:
     with the checks of ``checks.check_logits`` — the same errors and masking as the eager path.
     """
 
+    reuses_buffers = True
+
     def __init__(self, kernel, mode: str):
         self.kernel, self.mode = kernel, mode
 
@@ -231,13 +288,15 @@ class _KernelBody:
             return False
         return self.mode == "true" or elements >= AUTO_COMPILE_MIN_ELEMENTS
 
-    def __call__(self, student_head, teacher_head, n: int, need_grad: bool):
-        student_logits = _head_logits(student_head)  # (padded, V)
-        teacher_logits = _head_logits(teacher_head)  # (padded, V)
+    def __call__(self, project, n: int, need_grad: bool):
+        """(Σ loss over the n real rows, ∂Σ/∂student_logits (n, V) or None); project() gives the
+        (padded, V) logits of both models. Compiled, the gradient is the student's logits buffer."""
+        student_logits, teacher_logits = project()  # (padded, V) each
         if self._compiles(student_logits.numel()):
-            result = _compiled_chunk(self.kernel, student_logits, teacher_logits, need_grad)
-            if result is not None and bool(torch.isfinite(result[2])):
-                return result[0][:n].sum(), (None if result[1] is None else result[1][:n])
+            result = _compiled_slices(self.kernel, student_logits, teacher_logits, need_grad)
+            if result is not None and bool(torch.isfinite(result[1])):
+                return result[0][:n].sum(), (student_logits[:n] if need_grad else None)
+            student_logits, teacher_logits = project()  # the graph may have overwritten them
         student_logits, teacher_logits = student_logits[:n], teacher_logits[:n]
         masked = check_logits(student_logits, teacher_logits)  # raises on bad logits
         loss, grad = self.kernel(student_logits, teacher_logits, masked, need_grad)
@@ -245,10 +304,39 @@ class _KernelBody:
 
 
 def _chunk_maths(kernel, student_logits, teacher_logits, need_grad: bool):
-    """The compiled unit: (loss (n,), grad (n, V) in the logits dtype or None, Σ all logits)."""
+    """The compiled unit: (loss (n,), Σ all logits); with need_grad the gradient (n, V) is
+    written over student_logits, in its dtype (inductor stores it straight into that buffer:
+    no extra (n, V) tensor). The sum is taken before the overwrite (program order)."""
     loss, grad = kernel(student_logits, teacher_logits, None, need_grad)
     total = student_logits.sum(dtype=torch.float32) + teacher_logits.sum(dtype=torch.float32)
-    return loss, (None if grad is None else grad.to(student_logits.dtype)), total
+    if grad is not None:
+        student_logits.copy_(grad)
+    return loss, total
+
+
+def loss_slice_rows(rows: int, vocab: int) -> int:
+    """Rows per compiled loss-maths call within a (rows, V) chunk: the largest power of two <=
+    ROW_QUANTUM whose float32 (slice × V) temporaries fit LOSS_SLICE_BYTES, and that divides
+    `rows` (else `rows` itself: one call per chunk)."""
+    budget = max(1, LOSS_SLICE_BYTES // (4 * vocab))
+    slice_rows = min(ROW_QUANTUM, 1 << (budget.bit_length() - 1))
+    return slice_rows if rows % slice_rows == 0 else rows
+
+
+def _compiled_slices(kernel, student_logits, teacher_logits, need_grad: bool):
+    """_compiled_chunk over row slices of the (padded, V) chunk (one graph: equal slices), so the
+    float32 temporaries inductor keeps are (slice × V), not (padded × V); the gradients land in
+    the student's buffer, slice by slice. (loss (padded,), Σ all logits) or None."""
+    step = loss_slice_rows(student_logits.shape[0], student_logits.shape[1])
+    losses, total = [], 0.0
+    for start in range(0, student_logits.shape[0], step):
+        result = _compiled_chunk(kernel, student_logits[start:start + step],
+                                 teacher_logits[start:start + step], need_grad)
+        if result is None:
+            return None
+        losses.append(result[0])
+        total = total + result[1]
+    return torch.cat(losses), total
 
 
 _COMPILED_CHUNK_MATHS = None  # torch.compile(_chunk_maths), made on first use
@@ -273,35 +361,68 @@ def _compiled_chunk(kernel, student_logits, teacher_logits, need_grad: bool):
 
 
 class _GradBuffers:
-    """Student gradients, filled chunk by chunk: hidden rows written once, weight/bias summed."""
+    """Student gradients, filled chunk by chunk: hidden rows written once, weight/bias summed.
 
-    def __init__(self, hidden, weight, bias, wants):
+    The weight and bias sums start as the first chunk's product (written, not added to zeros).
+    accumulate "float32": a float32 sum; in float32 one ``addmm_`` per chunk, in a low-precision
+    compute dtype the matmul runs in that dtype by vocabulary blocks, each added into float32.
+    "compute": the sum in the compute dtype itself (bf16: one ``addmm_`` per chunk, faster,
+    rounded to bf16 after every chunk)."""
+
+    def __init__(self, hidden, weight, bias, wants, accumulate: str):
         self.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-        self.hidden = torch.zeros_like(hidden) if wants[0] else None  # (N, H)
-        f32 = dict(dtype=torch.float32, device=weight.device)
-        self.weight = torch.zeros(weight.shape, **f32) if wants[1] else None  # (V, H)
-        self.bias = torch.zeros(weight.shape[0], **f32) if wants[2] else None  # (V,)
+        self.shapes = (hidden.shape, weight.shape, weight.shape[:1])
+        self.wants, self.accumulate, self.device = wants, accumulate, weight.device
+        self.hidden = torch.empty_like(hidden) if wants[0] else None  # (N, H): every row written
+        self.weight = self.bias = None  # (V, H), (V,): made by the first chunk
 
     def add_chunk(self, logits_grad, hidden_chunk, weight, start: int, stop: int) -> None:
         """logits_grad (n, V), hidden_chunk (n, H), weight (V, H), all in the compute dtype: the
         nn.Linear backward for one chunk."""
         if self.hidden is not None:
-            self.hidden[start:stop] = torch.mm(logits_grad, weight)  # (n, H), cast to the buffer's dtype
-        if self.weight is not None:
-            if logits_grad.dtype == torch.float32 and hidden_chunk.dtype == torch.float32:
-                self.weight.addmm_(logits_grad.t(), hidden_chunk)  # (V, H), in place
-            else:  # low precision: the matmul in the compute dtype, summed into float32 by blocks
-                for low in range(0, logits_grad.shape[1], _WEIGHT_GRAD_BLOCK):
-                    high = low + _WEIGHT_GRAD_BLOCK
-                    self.weight[low:high] += torch.mm(logits_grad[:, low:high].t(), hidden_chunk)
-        if self.bias is not None:
-            self.bias += logits_grad.sum(0, dtype=torch.float32)
+            rows = self.hidden[start:stop]  # (n, H)
+            if rows.dtype == logits_grad.dtype:
+                torch.mm(logits_grad, weight, out=rows)
+            else:
+                rows.copy_(torch.mm(logits_grad, weight))  # cast to the buffer's dtype
+        sum_dtype = torch.float32 if self.accumulate == "float32" else logits_grad.dtype
+        if self.wants[1]:
+            self._add_weight(logits_grad, hidden_chunk, sum_dtype)
+        if self.wants[2]:
+            bias = logits_grad.sum(0, dtype=sum_dtype)  # (V,)
+            self.bias = bias if self.bias is None else self.bias.add_(bias)
+
+    def _add_weight(self, logits_grad, hidden_chunk, sum_dtype: torch.dtype) -> None:
+        """weight sum += logits_gradᵀ hidden_chunk, (V, H)."""
+        if logits_grad.dtype == sum_dtype and hidden_chunk.dtype == sum_dtype:
+            if self.weight is None:
+                self.weight = torch.mm(logits_grad.t(), hidden_chunk)
+            else:
+                self.weight.addmm_(logits_grad.t(), hidden_chunk)  # in place
+            return
+        first = self.weight is None
+        if first:
+            self.weight = torch.empty(self.shapes[1], dtype=sum_dtype, device=self.device)
+        for low in range(0, logits_grad.shape[1], _WEIGHT_GRAD_BLOCK):
+            high = low + _WEIGHT_GRAD_BLOCK
+            product = torch.mm(logits_grad[:, low:high].t(), hidden_chunk)  # compute dtype
+            if first:
+                self.weight[low:high].copy_(product)
+            else:
+                self.weight[low:high] += product
 
     def finish(self, denominator: int):
-        """Divide once by the token count and cast back to the input dtypes."""
+        """Divide once by the token count, cast back to the input dtypes (one pass each)."""
         out = []
-        for grad, dtype in zip((self.hidden, self.weight, self.bias), self.dtypes):
-            out.append(None if grad is None else grad.div_(denominator).to(dtype))
+        for index, (grad, dtype) in enumerate(zip((self.hidden, self.weight, self.bias), self.dtypes)):
+            if not self.wants[index]:
+                out.append(None)
+            elif grad is None:  # no valid position: no chunk ran
+                out.append(torch.zeros(self.shapes[index], dtype=dtype, device=self.device))
+            elif grad.dtype == dtype:
+                out.append(grad.div_(denominator))
+            else:
+                out.append(torch.div(grad, denominator, out=torch.empty_like(grad, dtype=dtype)))
         return out
 
 
@@ -320,6 +441,12 @@ def _compile_mode(compile) -> str:
         raise UserError(f"compile={compile!r} is invalid; choose auto, true or false "
                          "(loss.compile in the config).")
     return mode
+
+
+def _check_accumulate(accumulate) -> None:
+    if accumulate not in ACCUMULATE_MODES:
+        raise UserError(f"accumulate={accumulate!r} is invalid; choose float32 or compute "
+                         "(loss.accumulate in the config).")
 
 
 def _resolve_loss(loss, loss_params: dict, mode: str):

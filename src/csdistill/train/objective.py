@@ -155,7 +155,8 @@ def _fused_distill_term(objective: Objective, student, teacher, batch: dict, num
         with objective.autocast():
             distill = fused_linear_sparse_distill(hidden, weight[:V], rows, labels, objective.loss_fn,
                                                   objective.cfg.loss.chunk_size or None,
-                                                  None if bias is None else bias[:V], num_valid)
+                                                  None if bias is None else bias[:V], num_valid,
+                                                  accumulate=objective.cfg.loss.accumulate)
         return _with_ce(objective, kd_ratio * scale * distill, hidden, weight, bias, labels, num_valid, kd_ratio)
     with objective.autocast():
         with torch.no_grad():
@@ -164,6 +165,7 @@ def _fused_distill_term(objective: Objective, student, teacher, batch: dict, num
         distill = fused_linear_distill(
             hidden, weight[:V], t_hidden, t_weight[:V], labels, loss=objective.cfg.loss.name,
             chunk_size=objective.cfg.loss.chunk_size or None, compile=objective.cfg.loss.compile,
+            accumulate=objective.cfg.loss.accumulate,
             student_bias=None if bias is None else bias[:V],
             teacher_bias=None if t_bias is None else t_bias[:V], num_valid_tokens=num_valid, **objective.loss_params)
     return _with_ce(objective, kd_ratio * scale * distill, hidden, weight, bias, labels, num_valid, kd_ratio)
