@@ -158,6 +158,7 @@ def test_rerun_reuses_and_a_changed_lr_retrains_only_that_loss(compared, capsys)
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, flag, value, message):
     config = _base_config(tmp_path)
+    capsys.readouterr()  # what building the toy models printed
     args = {"--losses": "sft,fkl", "--seeds": "0", flag: value}
     code = main(["compare", "--config", str(config), "--out", str(tmp_path / "out"), *[x for kv in args.items() for x in kv]])
     err = capsys.readouterr().err
