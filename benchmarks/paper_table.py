@@ -24,23 +24,25 @@ import sys
 import time
 from pathlib import Path
 
-from csdistill.quickstart import LOSS_LR, PAPER_LOSSES, RunSpec, parse_losses, quickstart, summary_scores
+from csdistill.compare import RunSpec, parse_losses, summary_scores
+from csdistill.evaluate import results as R
+from csdistill.quickstart import LOSS_LR, PAPER_LOSSES, quickstart
 from csdistill.report import markdown_table
 
 
-def set_score(set_result: dict) -> float | None:
+def set_score(set_result: R.SetResult) -> float | None:
     """Exact match % for exact tasks, 100·(1 − TVD) for distribution tasks."""
     if set_result.get("exact_match"):
-        return set_result["exact_match"]["mean"]
-    if set_result.get("distribution"):
-        return 100.0 * (1.0 - set_result["distribution"]["tvd"])
+        return R.mean_of(set_result, "exact_match")
+    if R.distribution(set_result):
+        return 100.0 * (1.0 - R.distribution(set_result)["tvd"])
     return None
 
 
 def run_scores(result: dict) -> dict[str, float]:
     """The numbers the table reports for one evaluated run (shares and agreement in %)."""
     summary = summary_scores(result)
-    scores = [v for v in (set_score(s) for s in result["sets"].values()) if v is not None]
+    scores = [v for v in (set_score(s) for s in R.sets_of(result).values()) if v is not None]
     return {**summary, "score": statistics.fmean(scores), "valid": 100.0 * summary["valid"],
             "top1": 100.0 * summary["top1"]}
 
@@ -56,7 +58,7 @@ def sweep(out: Path, losses: str, lrs: list[float], progress: bool) -> dict[str,
     for lr in lrs:
         summary = quickstart("default", out, losses, seed=0, progress=progress, run_seed=100, tag=f"sweep_lr{lr:g}",
                              eval_split="validation", lrs={s.loss: lr for s in [RunSpec("sft"), *specs]})
-        for spec, result in zip([RunSpec("sft"), *specs], summary["results"][1:]):
+        for spec, result in zip([RunSpec("sft"), *specs], summary.results[1:]):
             table.setdefault(spec.name, {})[lr] = run_scores(result)["score"]
     best = {name: max(scores, key=scores.get) for name, scores in table.items()}
     (out / "sweep.json").write_text(json.dumps({"scores": {k: {f"{lr:g}": v for lr, v in s.items()}
@@ -132,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         summary = quickstart("default", out, args.losses, seed=0, progress=progress, run_seed=seed, tag=f"seed{seed}",
                              lrs=best)
-        per_seed.append(by_label(summary["results"]))
-        print(summary["table"])
+        per_seed.append(by_label(summary.results))
+        print(summary.table)
     labels, rows = aggregate(per_seed)
     spec_labels = {s.label: best[s.name] for s in [RunSpec("sft"), *specs]}
     text = render(labels, rows, spec_labels, seeds, (time.perf_counter() - t0) / 60)

@@ -1,5 +1,6 @@
 """`csdistill compare` end to end on tiny models: runs, table, report, reuse on rerun, flag errors."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -69,14 +70,63 @@ def test_the_report_says_which_differences_are_outside_the_noise(compared):
     assert set(numbers) == {"test ROUGE-L (greedy)", "test ROUGE-L (sampled)"}
     column = numbers["test ROUGE-L (sampled)"]
     assert set(column["means"]) == {"start", "sft", "csd_SS"}  # the teacher is no contender
-    assert column["best"] == max(column["means"], key=column["means"].get)
+    top = max(column["means"].values())
+    assert column["best"] == max(column["means"], key=column["means"].get) if column["best"] else \
+        all(column["means"][n] == top for n in column["tied"])
     table = json.loads((out / "report" / "compare.json").read_text())["rows"]
     assert column["means"]["csd_SS"] == pytest.approx(table["CSD (SS)"]["test ROUGE-L ↑ (sampled)"][0])
     pair = column["pairs"]["sft"]["csd_SS"]
     assert pair["delta"] == pytest.approx(column["means"]["sft"] - column["means"]["csd_SS"])
     assert pair["low"] <= pair["delta"] <= pair["high"]
     report = (out / "report" / "report.md").read_text()
-    assert "## Which differences are outside the noise" in report and "best (" in report
+    assert "## Which differences are outside the noise" in report and ("best (" in report or "all tied (" in report)
+
+
+def test_rerun_of_a_finished_comparison_starts_nothing_and_prints_the_same_table(compared, capsys, monkeypatch):
+    import csdistill.compare.workers as workers
+    import csdistill.models
+
+    config, out = compared
+    before = (out / "report" / "report.md").read_text()
+    launched = []
+    monkeypatch.setattr(workers, "launch_worker", lambda *args: launched.append(args))
+    monkeypatch.setattr(csdistill.models, "load_model", lambda *a, **k: launched.append(a))
+    capsys.readouterr()
+    assert _compare(config, out, "--decode", "greedy,sampled", "--lr", "csd:SS=3e-3") == 0
+    printed = capsys.readouterr().out
+    assert launched == []  # no evaluation worker, no model loaded
+    table = printed.split("\n\nwall time:")[0].strip().split("\n\n")[-1]
+    assert table.startswith("| run |") and len(table.splitlines()) == 6  # header, rule, teacher, start, sft, csd
+    assert table in before  # the very table of the first run
+
+
+def test_a_run_killed_mid_training_is_redone_on_rerun(compared, capsys):
+    """A killed run leaves its folder without a stamp (and maybe without final/): the rerun redoes it and
+    keeps every finished one."""
+    import shutil
+
+    config, out = compared
+    killed = out / "runs" / "csd_SS_seed1"
+    (killed / "stamp.json").unlink()
+    shutil.rmtree(killed / "final")
+    capsys.readouterr()
+    assert _compare(config, out, "--decode", "greedy,sampled", "--lr", "csd:SS=3e-3") == 0
+    printed = capsys.readouterr().out
+    assert "csd_SS_seed1: finished earlier" not in printed
+    for run in ("sft_seed0", "sft_seed1", "csd_SS_seed0"):
+        assert f"{run}: finished earlier with the same settings" in printed
+    assert (killed / "stamp.json").is_file() and (killed / "final" / "config.json").is_file()
+    assert "| CSD (SS) |" in printed
+
+
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    config = _base_config(tmp_path)
+    (tmp_path / "taken").write_text("mine")
+    capsys.readouterr()  # what building the toy models printed
+    code = main(["compare", "--config", str(config), "--losses", "fkl", "--out", str(tmp_path / "taken")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("csdistill: error: ")
+    assert "--out" in err and (tmp_path / "taken").read_text() == "mine"
 
 
 def test_rerun_reuses_and_a_changed_lr_retrains_only_that_loss(compared, capsys):
@@ -108,6 +158,7 @@ def test_rerun_reuses_and_a_changed_lr_retrains_only_that_loss(compared, capsys)
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, flag, value, message):
     config = _base_config(tmp_path)
+    capsys.readouterr()  # what building the toy models printed
     args = {"--losses": "sft,fkl", "--seeds": "0", flag: value}
     code = main(["compare", "--config", str(config), "--out", str(tmp_path / "out"), *[x for kv in args.items() for x in kv]])
     err = capsys.readouterr().err
@@ -180,33 +231,80 @@ def test_noise_analysis_reads_the_saved_generations_and_marks_a_real_gap(tmp_pat
     assert scores["greedy", "test", "exact_match"]["half"].shape == (2, 30)
     text, numbers = noise_analysis(rows, scores, {"good": "Good", "half": "Half", "twin": "Twin"})
     column = numbers["test EM (greedy)"]
-    assert column["means"] == {"good": 100.0, "half": 50.0, "twin": 100.0} and column["best"] in ("good", "twin")
+    assert column["means"] == {"good": 100.0, "half": 50.0, "twin": 100.0}
+    assert column["best"] is None and column["tied"] == ["good", "twin"]  # two rows share the top: no single best
     assert column["pairs"]["half"]["good"]["separated"] and column["pairs"]["half"]["good"]["delta"] == -50.0
     assert not column["pairs"]["twin"]["good"]["separated"]
+    assert "| Good | tied best (100.0) |" in text and "| Twin | tied best (100.0) |" in text
     assert "| Half | **-50.0 [" in text and "teacher" not in text
 
 
-def test_evaluation_workers_fill_what_the_sequential_pass_then_reuses(tmp_path, capsys):
-    """Two pinned worker processes evaluate the models; the in-process pass finds every set finished."""
-    from csdistill.compare import Row, base_overrides, eval_config, evaluate_in_workers, evaluate_rows
+def _noise_rows(tmp_path, predictions: dict[str, list[str]]):
+    """Rows of two seeds each whose saved greedy generations are `predictions` ({row name: 30 answers})."""
+    from csdistill.compare import Row
+    from csdistill.evaluate.runner import write_generations
+
+    rows = [Row(name, name.title(), {0: tmp_path, 1: tmp_path}) for name in predictions]
+    for row in rows:
+        for seed in row.models:
+            folder = tmp_path / "eval" / "greedy" / row.folder(seed)
+            write_generations(folder / "generations" / "test.greedy.jsonl", "k", ["p"] * 30, predictions[row.name],
+                              [["ref"]] * 30)
+            row.results.setdefault("greedy", []).append(
+                {"sets": {"test": {"generations": ["generations/test.greedy.jsonl"], "n_examples": 30,
+                                   "exact_match": {"n": 30}}}})
+    return rows
+
+
+def test_noise_table_names_no_best_row_when_every_row_ties(tmp_path):
+    """EM 0 everywhere: no row is "best"; the table says all tied, and a unique best is still named."""
+    from csdistill.compare import headline_scores, noise_analysis
+
+    records = [{"instruction": f"q{i}", "response": "r", "task": "gsm8k", "answer": str(i)} for i in range(30)]
+    wrong = [f"#### {-i - 1}" for i in range(30)]
+    rows = _noise_rows(tmp_path, {"a": wrong, "b": wrong, "c": wrong})
+    text, numbers = noise_analysis(rows, headline_scores(rows, ["greedy"], {"test": records}, tmp_path / "eval"), {})
+    column = numbers["test EM (greedy)"]
+    assert column["best"] is None and column["tied"] == ["a", "b", "c"] and set(column["means"].values()) == {0.0}
+    assert all(f"| {n} | all tied (0.0) |" in text for n in "abc") and "best (" not in text
+    rows = _noise_rows(tmp_path / "unique", {"a": wrong, "b": [f"#### {i}" for i in range(30)]})
+    text, numbers = noise_analysis(rows, headline_scores(rows, ["greedy"], {"test": records}, tmp_path / "unique" / "eval"), {})
+    assert numbers["test EM (greedy)"]["best"] == "b" and "| b | best (100.0) |" in text and "| a | **-100.0 [" in text
+
+
+def test_evaluation_workers_fill_what_a_second_pass_only_reads(tmp_path, monkeypatch):
+    """Two pinned worker processes evaluate the models; a second pass finds every evaluation finished and
+    reads them back without loading any model or starting any worker."""
+    import csdistill.compare.workers as workers
+    import csdistill.models
+    from csdistill.compare import Row, eval_config, evaluate_rows
 
     config = _base_config(tmp_path)
-    base = base_overrides(load_config(config))
-    cfgs = {d: eval_config(base, d) for d in ("greedy", "sampled")}
+    cfg = load_config(config)
+    snapshot = copy.deepcopy(cfg)
+    cfgs = {d: eval_config(cfg, d) for d in ("greedy", "sampled")}
+    assert cfgs["sampled"].generation.do_sample and cfgs["greedy"].eval.greedy
     teacher, student = str(tmp_path / "teacher"), tmp_path / "student"
     sets = [str(tmp_path / "test.jsonl")]
 
     def rows():
         return [Row("teacher", "teacher", {None: Path(teacher)}), Row("start", "start", {0: student, 1: student})]
 
-    evaluate_in_workers(rows(), teacher, sets, cfgs, tmp_path / "eval", [[0], [0]], "test", progress=False)
+    first = rows()
+    evaluate_rows(first, teacher, sets, cfgs, tmp_path / "eval", 1, False, "test", slots=[[0], [0]])
     logs = [(tmp_path / "eval" / f"worker-{k}.log").read_text() for k in (0, 1)]
     assert [log.count("[worker] done") for log in logs] == [2, 1]  # three models dealt out in turn
-    capsys.readouterr()
-    filled = rows()
-    evaluate_rows(filled, teacher, sets, cfgs, tmp_path / "eval", 1, False, "test")
-    assert capsys.readouterr().out.count("finished results found") == 6  # 3 models x 2 decodings, none redone
-    assert len(filled[1].results["sampled"]) == 2 and filled[0].results["greedy"][0]["sets"]["test"]["rouge_l"]
+
+    def never(*args, **kwargs):
+        raise AssertionError("nothing is missing: nothing may be started or loaded")
+
+    monkeypatch.setattr(workers, "launch_worker", never)
+    monkeypatch.setattr(csdistill.models, "load_model", never)
+    again = rows()
+    evaluate_rows(again, teacher, sets, cfgs, tmp_path / "eval", 1, False, "test", slots=[[0], [0]])
+    assert [r.results for r in again] == [r.results for r in first]
+    assert len(again[1].results["sampled"]) == 2 and again[0].results["greedy"][0]["sets"]["test"]["rouge_l"]
+    assert cfg == snapshot  # evaluation changed nothing in the config it was given
 
 
 def test_selection_score_weighs_a_mixed_set_by_its_em_and_rouge():

@@ -7,7 +7,9 @@ import pytest
 
 from csdistill.cli import main
 from csdistill.config import ConfigError
-from csdistill.quickstart import Job, RunSpec, parse_losses, quickstart
+from csdistill.compare import RunSpec, parse_losses
+from csdistill.jobs import Job
+from csdistill.quickstart import quickstart
 
 
 def test_parse_losses_names_bad_entries():
@@ -42,17 +44,17 @@ def tiny_run(tmp_path_factory):
 
 def test_tiny_quickstart_runs_every_stage_and_reports(tiny_run):
     out, summary = tiny_run
-    labels = [r["label"] for r in summary["results"]]
+    labels = [r["label"] for r in summary.results]
     assert labels == ["teacher", "SFT only (no KD)", "CSD (SS)"]
-    for result in summary["results"]:
+    for result in summary.results:
         assert set(result["sets"]) == {"choice", "grammar", "reverse", "shift", "sort"}
         assert "exact_match" in result["sets"]["sort"] and "distribution" in result["sets"]["choice"]
-    teacher = summary["results"][0]["sets"]["reverse"]["fidelity"]
+    teacher = summary.results[0]["sets"]["reverse"]["fidelity"]
     assert teacher["forward_kl"] == pytest.approx(0.0, abs=1e-6)  # the teacher against itself
-    assert summary["results"][2]["sets"]["reverse"]["fidelity"]["forward_kl"] > 0
+    assert summary.results[2]["sets"]["reverse"]["fidelity"]["forward_kl"] > 0
     student_cfg = (out / "configs" / "csd_SS.yaml").read_text()
     assert "cache_teacher_logits: true" in student_cfg and str(out / "student_init" / "final") in student_cfg
-    report = summary["report"].read_text()
+    report = summary.report.read_text()
     assert "| CSD (SS) |" in report and "## Comparison" in report
     assert (out / "report" / "fidelity_diversity.png").stat().st_size > 1000
     assert (out / "report" / "training_curves.png").is_file()

@@ -122,9 +122,25 @@ def pinned_process(args: list[str], cores: list[int], log) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "OMP_NUM_THREADS": str(max(1, len(cores)))}
     pinned = set(cores)
-    return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            preexec_fn=(lambda: os.sched_setaffinity(0, pinned))
-                            if pinned and hasattr(os, "sched_setaffinity") else None)
+
+    def in_child() -> None:
+        _die_with_parent()
+        if pinned and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, pinned)
+
+    return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=in_child)
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL when compare dies (even by SIGKILL), so no orphaned run keeps writing
+    into a folder that the rerun clears and redoes. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def available_cores() -> list[int]:

@@ -11,7 +11,7 @@ rerun only does what is new — in particular the teacher is trained once):
   eval/sampled/<run>/  exact match per task, distribution fidelity/diversity, teacher fidelity
   report/      report.md + plots
 
-The last three are `csdistill compare` (compare.py) over the suite: this module holds only what is
+The last three are `csdistill compare` (the compare package) over the suite: this module holds only what is
 specific to the suite (its plans, the teacher and warm-start stages, the learning rates, per-task test sets
 and the perfect-sampler line).
 
@@ -30,11 +30,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from csdistill.compare import Layout, RunSpec, compare, parse_losses, summary_scores
-from csdistill.jobs import Job, available_cores, run_jobs
+from csdistill.compare import CompareOptions, CompareResult, Layout, RunSpec, compare, parse_losses
+from csdistill.config import load_config
 from csdistill.errors import UserError
-
-__all__ = ["Job", "RunSpec", "parse_losses", "quickstart", "summary_scores", "LOSS_LR", "PAPER_LOSSES", "PLANS"]
+from csdistill.jobs import Job, available_cores, run_jobs
 
 # Learning rate per run (AdamW, cosine, 1200 steps from the shared warm start): the best of a sweep over
 # {1e-3, 3e-3, 1e-2} on the validation split (`python benchmarks/paper_table.py`, 2026-11-28; RESULTS.md).
@@ -185,33 +184,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+@dataclass
+class QuickstartResult:
+    results: list[dict]  # evaluation results: the teacher, then one per student run
+    report: Path  # report.md
+    seconds: dict[str, float]  # wall time per stage
+    table: str  # the comparison table and the perfect-sampler line
+
+
 def quickstart(preset: str = "default", out: str | Path = "runs/quickstart", losses=DEFAULT_LOSSES, seed: int = 0,
                jobs: int = 0, progress: bool = True, plan: Plan | None = None, lrs: dict[str, float] | None = None,
-               run_seed: int | None = None, tag: str = "", eval_split: str = "test") -> dict:
-    """Suite, teacher and warm start, then `compare` over the suite; returns {"results": [...] (teacher, then
-    one per run), "report": path, "seconds": {stage: s}, "table": md}.
+               run_seed: int | None = None, tag: str = "", eval_split: str = "test") -> QuickstartResult:
+    """Suite, teacher and warm start, then `compare` over the suite.
 
     seed: the suite and the teacher. run_seed (default: seed): the students' warm start, data order and
     sampling. tag: a name for this set of student runs (their folders get the suffix), so that several
     sweeps or seeds share one suite and teacher. lrs: learning rate per run name or loss (default LOSS_LR).
     eval_split: 'test' (held out) or 'validation' (for choosing settings without touching test).
     """
-    from csdistill.tasks.suite import write_suite
-
     plan = plan or PLANS[preset]
     run_seed = seed if run_seed is None else run_seed
     specs = [RunSpec("sft"), *parse_losses(losses, allow_sft=False)]
     out = Path(out)
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    suite, teacher, init = _suite_teacher_and_warm_start(out, plan, seed, run_seed, progress, seconds)
     suffix = f"_{tag}" if tag else ""
+    layout = Layout(out / f"students{suffix}", out / "configs" / (tag or "."), out / f"eval{suffix}",
+                    out / f"report{suffix}", out / f"sweep{suffix}", flat=True)
+    sets = task_sets(suite, eval_split)
+    notes = perfect_sampler_line(sets, len(plan.eval_seeds))
+    options = CompareOptions(specs, [run_seed], layout, test_sets=sets, lrs=run_lrs(specs, lrs), decodes=("sampled",),
+                             baselines=("teacher",), eval_generation={"batch_size": 128}, jobs=jobs, progress=progress,
+                             title=f"csdistill quickstart ({preset})", intro=_intro(plan, seconds), caption=CAPTION,
+                             notes=notes, command=f"csdistill quickstart --preset {preset}")
+    result: CompareResult = compare(load_config(None, student_base(suite, plan, init, teacher)), options)
+    seconds.update({"students": result.seconds["training"], "evaluation": result.seconds["evaluation"],
+                    "total": time.perf_counter() - t0})
+    return QuickstartResult(result.results, result.report, seconds, result.table + "\n\n" + notes)
+
+
+def _suite_teacher_and_warm_start(out: Path, plan: Plan, seed: int, run_seed: int, progress: bool,
+                                  seconds: dict) -> tuple[Path, Path, Path]:
+    """The suite, the teacher (SFT) and the students' warm start, each reused when unchanged; (suite folder,
+    teacher model, warm-start model). Adds each stage's seconds to `seconds`."""
+    from csdistill.tasks.suite import write_suite
+
     suite = out / "suite"
     all_cores = [available_cores()]
-    seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-
     write_suite(suite, seed, n_train=plan.n_train, n_validation=plan.n_validation, n_test=plan.n_test,
                 n_warmup=plan.n_warmup)  # deterministic: rewriting gives identical files
     seconds["suite"] = time.perf_counter() - t0
-
     suite_id = hashlib.sha256(b"".join((suite / f"{split}.jsonl").read_bytes()
                                         for split in ("train", "validation", "warmup"))).hexdigest()[:12]
     teacher = Job("teacher", teacher_overrides(suite, plan, out / "teacher", seed), out / "teacher",
@@ -221,19 +245,7 @@ def quickstart(preset: str = "default", out: str | Path = "runs/quickstart", los
     init = Job(init_dir.name, warm_start_overrides(suite, plan, init_dir, run_seed, teacher.model_path),
                init_dir, out / "configs", plan.warmup_steps, after=(teacher,), inputs=suite_id)
     seconds["student warm start"] = run_jobs([init], all_cores, "student warm start", progress)
-
-    layout = Layout(out / f"students{suffix}", out / "configs" / (tag or "."), out / f"eval{suffix}",
-                    out / f"report{suffix}", out / f"sweep{suffix}", flat=True)
-    notes = perfect_sampler_line(task_sets(suite, eval_split), len(plan.eval_seeds))
-    result = compare(student_base(suite, plan, init.model_path, teacher.model_path), specs, [run_seed], layout,
-                     test_sets=task_sets(suite, eval_split), lrs=run_lrs(specs, lrs), decodes=("sampled",),
-                     baselines=("teacher",), eval_overrides=["generation.batch_size=128"],
-                     jobs=jobs, progress=progress, title=f"csdistill quickstart ({preset})", intro=_intro(plan, seconds),
-                     caption=CAPTION, notes=notes, command=f"csdistill quickstart --preset {preset}")
-    seconds.update({"students": result["seconds"]["training"], "evaluation": result["seconds"]["evaluation"],
-                    "total": time.perf_counter() - t0})
-    return {"results": result["results"], "report": result["report"], "seconds": seconds,
-            "table": result["table"] + "\n\n" + notes}
+    return suite, teacher.model_path, init.model_path
 
 
 CAPTION = ("EM = exact match % (mean ± std over the sampling seeds); distribution tasks: share of valid outputs, "
@@ -253,8 +265,12 @@ def _intro(plan: Plan, seconds: dict) -> list[str]:
 def quickstart_command(args: argparse.Namespace) -> int:
     """`csdistill quickstart`; its user errors reach the CLI's one-line boundary."""
     from csdistill.compare import print_summary
+    from csdistill.errors import check_writable
 
-    print_summary(quickstart(args.preset, args.out, args.losses, args.seed, args.jobs, progress=not args.no_progress))
+    losses = parse_losses(args.losses, allow_sft=False)  # a bad --losses fails before the folder is made
+    check_writable(args.out, "--out")
+    print_summary(quickstart(args.preset, args.out, [s.key for s in losses], args.seed, args.jobs,
+                             progress=not args.no_progress))
     return 0
 
 

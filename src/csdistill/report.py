@@ -18,6 +18,8 @@ import shlex
 from pathlib import Path
 from typing import Callable, Sequence
 from csdistill.errors import UserError
+from csdistill.evaluate import results as R
+from csdistill.evaluate.results import diversity_value  # noqa: F401  (its old home; compare and scripts import it)
 
 # (key in a set's "fidelity" dict, label, higher is better)
 FIDELITY_METRICS = (
@@ -88,7 +90,7 @@ def _check_shape(result: dict, where: str) -> None:
     for key in ("run", "machine"):
         if key in result and not isinstance(result[key], (dict, str, type(None))):
             raise UserError(f"{where}: {key}: expected an object, got {type(result[key]).__name__}")
-    for name, set_result in result["sets"].items():
+    for name, set_result in R.sets_of(result).items():
         if not isinstance(set_result, dict):
             raise UserError(f"{where}: sets.{name}: expected an object of metrics, got "
                              f"{type(set_result).__name__} {set_result!r:.40}; rerun `csdistill evaluate`")
@@ -139,24 +141,16 @@ def unique_labels(results: Sequence[dict], labels: Sequence[str] | None = None) 
     return out
 
 
-def primary_metric(set_result: dict) -> tuple[str, dict | None]:
+def primary_metric(set_result: R.SetResult) -> tuple[str, R.Stat | None]:
     """('exact_match' | 'rouge_l', its {"mean","std","per_seed"})."""
-    if set_result.get("exact_match"):
-        return "exact_match", set_result["exact_match"]
-    return "rouge_l", set_result.get("rouge_l")
-
-
-def diversity_value(set_result: dict) -> float | None:
-    """Self-BLEU across the seeds' samples per prompt, else over the set (single pass)."""
-    sb = set_result.get("self_bleu") or {}
-    if sb.get("per_prompt") is not None:
-        return sb["per_prompt"]
-    return (sb.get("set") or {}).get("mean")
+    kind = "exact_match" if set_result.get("exact_match") else "rouge_l"
+    return kind, set_result.get(kind)
 
 
 def average_over_sets(result: dict, sets: Sequence[str]) -> dict | None:
     """Primary metric averaged over sets: per seed when all sets share the seeds, then mean ± std."""
-    stats = [primary_metric(result["sets"][s])[1] for s in sets if s in result["sets"]]
+    by_name = R.sets_of(result)
+    stats = [primary_metric(by_name[s])[1] for s in sets if s in by_name]
     if len(stats) != len(sets) or any(st is None or st.get("mean") is None for st in stats):
         return None
     lengths = {len(st.get("per_seed") or []) for st in stats}
@@ -168,7 +162,7 @@ def average_over_sets(result: dict, sets: Sequence[str]) -> dict | None:
 
 
 def _mean_over_sets(result: dict, get: Callable[[dict], float | None]) -> float | None:
-    values = [get(s) for s in result["sets"].values()]
+    values = [get(s) for s in R.sets_of(result).values()]
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
@@ -215,7 +209,7 @@ def set_names(results: Sequence[dict]) -> list[str]:
     """Union of the set names, in order of first appearance."""
     names: list[str] = []
     for result in results:
-        names.extend(s for s in result["sets"] if s not in names)
+        names.extend(s for s in R.sets_of(result) if s not in names)
     return names
 
 
@@ -224,18 +218,18 @@ def main_columns(results: Sequence[dict]) -> list[Column]:
     sets = set_names(results)
     columns: list[Column] = []
     for name in sets:
-        kind = next(primary_metric(r["sets"][name])[0] for r in results if name in r["sets"])
+        kind = next(primary_metric(R.sets_of(r)[name])[0] for r in results if name in R.sets_of(r))
         short = "EM" if kind == "exact_match" else "ROUGE-L"
 
         def get(r, name=name):
-            stat = primary_metric(r["sets"][name])[1] if name in r["sets"] else None
-            return (stat["mean"], stat["std"]) if stat else (None, None)
+            set_result = R.sets_of(r).get(name)
+            return R.stat(set_result, primary_metric(set_result)[0]) if set_result else (None, None)
 
         columns.append((f"{name} ({short})", get, 1, 2))
 
     def average(r):
         stat = average_over_sets(r, sets)
-        return (stat["mean"], stat["std"]) if stat else (None, None)
+        return (stat["mean"], stat["std"]) if stat else (None, None)  # a mean_std dict, not a results field
 
     if len(sets) > 1:
         columns.append(("average", average, 1, 2))
@@ -291,7 +285,7 @@ def plot_fidelity_diversity(labels: Sequence[str], results: Sequence[dict], path
         ax.errorbar(x, y["mean"], yerr=y["std"] or 0.0, fmt=markers[k % len(markers)], markersize=8, capsize=3,
                     label=label, color=f"C{k % 10}")
     ax.set_xlabel("Self-BLEU across samples (lower = more diverse)")
-    kinds = {primary_metric(r["sets"][s])[0] for r in results for s in r["sets"]}
+    kinds = {primary_metric(s)[0] for r in results for s in R.sets_of(r).values()}
     ax.set_ylabel(" / ".join("exact match (%)" if k == "exact_match" else "ROUGE-L" for k in sorted(kinds, reverse=True))
                   + " (avg over sets)")
     low, high = ax.get_ylim()
@@ -334,7 +328,7 @@ def plot_teacher_fidelity(labels: Sequence[str], results: Sequence[dict], path: 
     """One panel per fidelity metric (avg over sets), a horizontal bar per run."""
     panels = []
     for key, title, _ in FIDELITY_METRICS:
-        values = [_mean_over_sets(r, lambda s, key=key: _nested(s, "fidelity", key)) for r in results]
+        values = [_mean_over_sets(r, lambda s, key=key: R.fidelity(s, key)) for r in results]
         if any(v is not None for v in values):
             panels.append((title, [v if v is not None else 0.0 for v in values]))
     if not panels:
@@ -387,7 +381,7 @@ def render_markdown(title: str, labels: Sequence[str], results: Sequence[dict], 
              "Fidelity columns are token means under teacher forcing on the references. semantic: cosine × 100 of "
              "sentence embeddings, max over references (eval.semantic; – when off).", "",
              markdown_table(labels, results, summary_columns()), ""]
-    if any(s.get("distribution") for r in results for s in r["sets"].values()):
+    if any(R.distribution(s) for r in results for s in R.sets_of(r).values()):
         parts += ["## Distribution tasks", "", "Per prompt over the seeds' samples, then averaged; entropies in nats.", "",
                   markdown_table(labels, results, distribution_columns()), ""]
     captions = {"fidelity_diversity": "Fidelity vs diversity", "training_curves": "Training curves",

@@ -170,17 +170,14 @@ def _generate_passes(model, tokenizer, name: str, prompts: list[str], references
     return predictions, files
 
 
-_TEACHER_FORCED: dict[str, dict] = {}  # key -> results: one pass per model and set, shared by its decodings
-
-
 def _teacher_forced(model, tokenizer, records: list[dict], cfg: Config, teacher, vocab_size: int | None,
-                    progress: bool, key: str | None = None) -> dict:
+                    progress: bool, key: str | None = None, cache: dict | None = None) -> dict:
     """{"fidelity", "calibration"} on the records that have a reference response (empty if none).
 
-    key: what the result depends on (weights, records, lengths, teacher, bins); with it, a second decoding
-    of the same model in this process reuses the pass instead of running it again."""
-    if key is not None and key in _TEACHER_FORCED:
-        return _TEACHER_FORCED[key]
+    key: what the result depends on (weights, records, lengths, teacher, bins); cache: the caller's {key:
+    result} (e.g. one per model, shared by its decodings), so a second decoding reuses the pass."""
+    if cache is not None and key is not None and key in cache:
+        return cache[key]
     from csdistill.evaluate.fidelity import teacher_forced_batches, teacher_forced_metrics
 
     with_response = [r for r in records if str(r.get("response") or "").strip()]
@@ -192,18 +189,19 @@ def _teacher_forced(model, tokenizer, records: list[dict], cfg: Config, teacher,
     fidelity, calibration = teacher_forced_metrics(model, batches, teacher if cfg.eval.fidelity else None, vocab_size,
                                                    cfg.eval.calibration_bins, progress)
     result = {"fidelity": fidelity, "calibration": calibration}
-    if key is not None:
-        _TEACHER_FORCED[key] = result
+    if cache is not None and key is not None:
+        cache[key] = result
     return result
 
 
 def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, *, teacher=None,
                  out_dir: Path | None = None, keys: dict | None = None, vocab_size: int | None = None,
-                 progress: bool = True, encoder=None) -> dict:
+                 progress: bool = True, encoder=None, teacher_forced: dict | None = None) -> dict:
     """Every metric of one set; a finished set on disk with the same key is returned as is.
 
     keys: {"model", "teacher"} weight fingerprints (see model_fingerprint) that the resume keys include.
     encoder: the eval.semantic encoder when already loaded (else loaded here when eval.semantic is set).
+    teacher_forced: the caller's cache of teacher-forced passes of this model (see _teacher_forced).
     """
     from csdistill.data.templates import build_prompt
 
@@ -240,7 +238,7 @@ def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, 
         scores = {**semantic_scores(predictions, references, encoder or load_encoder(cfg.eval.semantic)), **scores}
     result = {"n_examples": len(records), "passes": [tag for tag, _ in passes], "seeds": [s for _, s in passes],
               "greedy": passes[0][0] == "greedy", **text_scores(predictions, references), **scores,
-              **_teacher_forced(model, tokenizer, records, cfg, teacher, vocab_size, progress, forced_key)}
+              **_teacher_forced(model, tokenizer, records, cfg, teacher, vocab_size, progress, forced_key, teacher_forced)}
     if cfg.eval.comet_model:
         sources = [f"{r['instruction']}\n{r.get('input') or ''}".strip() for r in records]
         result["comet"] = comet_scores(cfg.eval.comet_model, sources, predictions, references)
@@ -276,13 +274,15 @@ def _model_name(model, given: str | None) -> str | None:
 def evaluate_model(model, tokenizer, sets: Sequence[str] | dict, cfg: Config, teacher=None,
                    out_dir: str | Path | None = None, *, progress: bool = True, command: str | None = None,
                    model_name: str | None = None, teacher_name: str | None = None, label: str | None = None,
-                   vocab_size: int | None = None, train_cfg: Config | None = None) -> dict:
+                   vocab_size: int | None = None, train_cfg: Config | None = None,
+                   teacher_forced: dict | None = None) -> dict:
     """Evaluate an in-memory model on `sets` (JSONL paths or {name: records}); returns the results dict.
 
     With out_dir, writes results.json, sets/<set>.json and the generations there, and reuses the
     finished sets and passes it finds (same weights, records and settings). vocab_size: the shared
     student/teacher vocabulary (None = the smaller output head). train_cfg: the config the model was
-    trained with, when it differs from `cfg` (labels the run by its loss).
+    trained with, when it differs from `cfg` (labels the run by its loss). teacher_forced: a {key: result}
+    cache of teacher-forced passes the caller keeps for this model (several decodings share one pass).
     """
     loaded = load_sets(sets, cfg.eval.max_examples, cfg.data.skip_bad_records, tokenizer)
     encoder = load_encoder(cfg.eval.semantic) if cfg.eval.semantic else None  # once, and a bad value fails early
@@ -296,7 +296,8 @@ def evaluate_model(model, tokenizer, sets: Sequence[str] | dict, cfg: Config, te
         results["label"] = label
     for name, records in loaded.items():
         results["sets"][name] = evaluate_set(model, tokenizer, name, records, cfg, teacher=teacher, out_dir=out,
-                                             keys=keys, vocab_size=vocab_size, progress=progress, encoder=encoder)
+                                             keys=keys, vocab_size=vocab_size, progress=progress, encoder=encoder,
+                                             teacher_forced=teacher_forced)
         if out:
             _write_atomic(out / "results.json", json.dumps(results, indent=1))
     return results
@@ -363,7 +364,7 @@ def _load_models(cfg: Config, model_path: str, teacher_path: str):
     """(student, tokenizer, teacher | None, shared vocabulary size) on the best available device."""
     from csdistill.models import check_vocab, load_model, load_teacher, load_tokenizer
 
-    cfg.teacher.name_or_path = teacher_path
+    cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, name_or_path=teacher_path))
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path, fallback=teacher_path)
     model = load_model(model_path, vocab_size=len(tokenizer), precision=cfg.model.precision,
                        trust_remote_code=cfg.model.trust_remote_code).eval()
@@ -396,30 +397,33 @@ def load_eval_config(args: argparse.Namespace) -> Config:
     return load_inference_config(args.config, overrides)
 
 
-def _evaluate_from_args(args: argparse.Namespace) -> dict:
-    cfg = load_eval_config(args)
-    model_path, train_cfg = resolve_model_dir(args.model or cfg.model.name_or_path)
-    teacher_path = args.teacher if args.teacher is not None else cfg.teacher.name_or_path
-    cfg.model.name_or_path, cfg.eval.sets = model_path, list(args.sets or cfg.eval.sets)
-    out = Path(args.out or cfg.eval.output_dir or Path(cfg.train.output_dir) / "eval")
-    cfg.eval.output_dir = str(out)
-    if not cfg.eval.sets:
+def _evaluate_from_args(args: argparse.Namespace) -> tuple[dict, Path]:
+    """(results, the folder they were written to)."""
+    loaded = load_eval_config(args)
+    model_path, train_cfg = resolve_model_dir(args.model or loaded.model.name_or_path)
+    teacher_path = args.teacher if args.teacher is not None else loaded.teacher.name_or_path
+    out = Path(args.out or loaded.eval.output_dir or Path(loaded.train.output_dir) / "eval")
+    sets = list(args.sets or loaded.eval.sets)
+    cfg = dataclasses.replace(loaded, model=dataclasses.replace(loaded.model, name_or_path=model_path),
+                              eval=dataclasses.replace(loaded.eval, sets=sets, output_dir=str(out)))
+    if not sets:
         raise UserError("no evaluation sets: pass --sets FILE [FILE ...] (or eval.sets=[a.jsonl] in the config)")
-    for path in cfg.eval.sets:
+    for path in sets:
         if not Path(path).is_file():
             hint = " (dotted overrides go before --sets, which takes every word after it)" if "=" in path else ""
             raise UserError(f"evaluation set {path!r} not found; pass existing JSONL files to --sets{hint}")
     check_writable(out, "--out")  # before the work, not after it
     model, tokenizer, teacher, vocab = _load_models(cfg, model_path, teacher_path)
-    return evaluate_model(model, tokenizer, cfg.eval.sets, cfg, teacher, out, progress=cfg.train.progress,
-                          command=command_line(args), model_name=model_path,
-                          teacher_name=teacher_path or None, label=args.label, vocab_size=vocab, train_cfg=train_cfg)
+    results = evaluate_model(model, tokenizer, sets, cfg, teacher, out, progress=cfg.train.progress,
+                             command=command_line(args), model_name=model_path, teacher_name=teacher_path or None,
+                             label=args.label, vocab_size=vocab, train_cfg=train_cfg)
+    return results, out
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """`csdistill evaluate`; user errors go to the CLI's one-line handler (cli.main)."""
-    results = _evaluate_from_args(args)
+    results, out = _evaluate_from_args(args)
     for line in summary_lines(results):
         print(line)
-    print(f"wrote {Path(results['config']['eval']['output_dir']) / 'results.json'}")
+    print(f"wrote {out / 'results.json'}")
     return 0
