@@ -255,12 +255,12 @@ def add_special_flags(writer, tokenizer) -> None:
     writer.add_add_eos_token(extra > 0 and tokenizer.eos_token_id is not None and full[-1] == tokenizer.eos_token_id)
 
 
-def add_tokenizer(writer, folder: Path, n_vocab: int) -> None:
-    """Tokens, types, merges, special ids and chat template of the folder's tokenizer."""
+def add_tokenizer(writer, folder: Path, tokens: list[str], types: list[int], pre: str) -> None:
+    """Tokens and types (from `vocabulary`), merges, special ids and chat template of the folder's tokenizer."""
     import gguf
     from csdistill.models import load_tokenizer
 
-    tokens, types, pre = vocabulary(json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")), n_vocab)
+    n_vocab = len(tokens)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
@@ -335,16 +335,17 @@ def export_gguf(source: str | Path, out: str | Path, dtype: str = "f32") -> Path
     from transformers import AutoConfig
 
     folder, path = check_student_folder(source), check_new_file(out)
-    arch = gguf_architecture(AutoConfig.from_pretrained(folder))
+    config = AutoConfig.from_pretrained(folder)
+    arch = gguf_architecture(config)
     check_uniform_layers(_stored_shapes(folder), "transformer.h." if arch == "gpt2" else "model.layers.")
+    vocab = vocabulary(json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")), config.vocab_size)
     model = load_model(str(folder)).float().eval()  # Mistral without a sliding window runs as Llama
     tensors = gguf_tensors(model, arch)
-    n_vocab = model.get_input_embeddings().weight.shape[0]
     with atomic_path(path) as temp:
         writer = gguf.GGUFWriter(temp, arch)
         add_hyperparameters(writer, model.config, arch, model_name(folder))
         writer.add_file_type(file_type(dtype))
-        add_tokenizer(writer, folder, n_vocab)
+        add_tokenizer(writer, folder, *vocab)
         add_provenance(writer, student_provenance(folder), dtype)
         for tensor_name, tensor in tensors:
             data, raw = encode_tensor(tensor, dtype)
