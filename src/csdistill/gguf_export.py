@@ -357,6 +357,24 @@ def export_gguf(source: str | Path, out: str | Path, dtype: str = "f32") -> Path
     return path
 
 
+def run_in_llama_cpp(path: str | Path, prompt_ids: list[int], steps: int) -> tuple[list[int], np.ndarray]:
+    """(greedy continuation of `steps` tokens, logits of the prompt positions (T, V)) of a GGUF file in
+    llama.cpp on one thread; needs llama-cpp-python (extra ``csdistill[llama_cpp]``)."""
+    from llama_cpp import Llama
+
+    model = Llama(str(path), n_ctx=max(256, len(prompt_ids) + steps), n_threads=1, logits_all=True, verbose=False)
+    try:
+        model.eval(prompt_ids)
+        logits = np.array(model.scores[:len(prompt_ids)])
+        tokens = []
+        for _ in range(steps):
+            tokens.append(int(np.argmax(model.scores[model.n_tokens - 1])))
+            model.eval([tokens[-1]])
+        return tokens, logits
+    finally:
+        model.close()
+
+
 def model_name(folder: Path) -> str:
     """general.name: the folder's name, or the run's for a checkpoint (runs/csd_SS_seed0/final -> csd_SS_seed0)."""
     path = folder.absolute()

