@@ -155,7 +155,7 @@ def _one_line_error(capsys, argv) -> str:
     return err
 
 
-def test_unrunnable_students_are_refused_in_one_line(tmp_path, capsys, llama_folder):
+def test_unrunnable_students_are_refused_in_one_line(tmp_path, capsys, llama_folder, bpe):
     from safetensors.torch import load_file, save_file
 
     uneven = save_folder(tiny_model("tiny-llama"), tiny_tokenizer(), tmp_path / "uneven")
@@ -169,11 +169,16 @@ def test_unrunnable_students_are_refused_in_one_line(tmp_path, capsys, llama_fol
     chars = save_folder(tiny_model("tiny-llama"), tiny_tokenizer(), tmp_path / "chars")
     err = _one_line_error(capsys, ["model", "export", str(chars), "--to", "gguf", "--out", str(tmp_path / "b.gguf")])
     assert "'WordLevel'" in err and "byte-level BPE" in err
+    teacher = save_folder(tiny_model("tiny-qwen2", vocab_size=len(bpe)), bpe, tmp_path / "qwen2")
+    narrow = init_student(str(teacher), str(tmp_path / "narrow"), heads=2, kv_heads=1, calibration_samples=2,
+                          max_length=16)
+    err = _one_line_error(capsys, ["model", "export", str(narrow), "--to", "gguf", "--out", str(tmp_path / "c.gguf")])
+    assert "Qwen2" in err and "heads x head_dim" in err
     (tmp_path / "taken.gguf").write_text("mine")
     err = _one_line_error(capsys, ["model", "export", str(llama_folder), "--to", "gguf", "--out",
                                    str(tmp_path / "taken.gguf")])
     assert "already exists" in err and (tmp_path / "taken.gguf").read_text() == "mine"
-    assert not (tmp_path / "a.gguf").exists() and not (tmp_path / "b.gguf").exists()
+    assert sorted(p.name for p in tmp_path.glob("*gguf*")) == ["taken.gguf"]  # nothing half-written left
 
 
 @pytest.mark.parametrize("to", ["hf", "gguf"])
@@ -264,5 +269,5 @@ def test_llama_cpp_answers_like_transformers_on_the_pruned_smollm2(smollm2_stude
     tokens, logits = run_in_llama_cpp(path, ids, steps=12)
     with torch.no_grad():
         reference = folder(torch.tensor([ids])).logits[0].numpy()
-    assert np.abs(logits - reference).max() <= 0.25  # llama.cpp keeps its KV cache in f16 (logits ~30)
+    assert np.abs(logits - reference).max() <= 1e-3  # f32 throughout, summed in another order (logits ~30)
     assert tokens == greedy(folder, torch.tensor([ids]), steps=12)

@@ -18,7 +18,8 @@ architecture ``llama``), Qwen2 (``qwen2``) and GPT-2 (``gpt2``), pruned students
 - provenance under ``csdistill.*``: the teacher, the kept layers, the loss (from ``csdistill_student.json``
   beside the weights or in the training run's student start, and the run's ``config.yaml``).
 
-Refused with one line (``UserError``): other model types, rope scaling, a sliding window, layers whose
+Refused with one line (``UserError``): other model types, rope scaling, a sliding window, a Qwen2 model
+with pruned heads (llama.cpp's qwen2 graph wants heads x head_dim = width; Llama's does not), layers whose
 shapes differ (llama.cpp holds one MLP width and one head count for the whole model), a tokenizer that
 is not byte-level BPE (llama.cpp's BPE needs merges: csdistill's character tokenizer has none).
 """
@@ -26,6 +27,7 @@ is not byte-level BPE (llama.cpp's BPE needs merges: csdistill's character token
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,7 @@ ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2":
 CONV1D_WEIGHTS = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5  # llama.cpp token types
 Q8_BLOCK = 32  # values per q8_0 block: a row's length must be a multiple
+logger = logging.getLogger(__name__)
 
 
 def _fail(message: str) -> UserError:
@@ -83,9 +86,16 @@ def gguf_architecture(config) -> str:
     if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
         raise _fail(f"rope type {rope.get('rope_type', rope.get('type'))!r} is not exported (only the default "
                     "rope); llama.cpp would need its scaling keys")
-    if kind == "mistral" and getattr(config, "sliding_window", None):
-        raise _fail(f"sliding_window {config.sliding_window}: llama.cpp's llama architecture attends to the whole "
-                    "context; set sliding_window to null in config.json if the model never saw longer inputs")
+    window = getattr(config, "sliding_window", None) if kind == "mistral" else (
+        config.sliding_window if getattr(config, "use_sliding_window", False) else None)
+    if window:
+        raise _fail(f"sliding_window {window}: llama.cpp's {ARCHITECTURES[kind]} architecture attends to the whole "
+                    "context; turn the window off in config.json if the model never saw longer inputs")
+    heads, head_dim = getattr(config, "num_attention_heads", 0), getattr(config, "head_dim", None)
+    if kind == "qwen2" and head_dim and heads * head_dim != config.hidden_size:
+        raise _fail(f"a Qwen2 model with {heads} heads x head_dim {head_dim} != hidden_size {config.hidden_size} "
+                    "(heads pruned): llama.cpp's qwen2 graph needs heads x head_dim = hidden_size; prune the "
+                    "layers or the MLP only")
     return ARCHITECTURES[kind]
 
 
@@ -215,8 +225,14 @@ def vocabulary(tokenizer_json: dict, n_vocab: int) -> tuple[list[str], list[int]
     pre = pre_tokenizer_name(tokenizer_json.get("pre_tokenizer"))
     vocab = dict(model.get("vocab") or {})
     vocab.update({t["content"]: i for i, t in added.items()})
-    if len(vocab) > n_vocab or sorted(vocab.values()) != list(range(len(vocab))):
-        raise _fail(f"the tokenizer's ids are not 0..{len(vocab) - 1} within the model's {n_vocab} embedding rows")
+    beyond = sorted(t for t, i in vocab.items() if i >= n_vocab)
+    if beyond:  # e.g. the default unk '<|endoftext|>' transformers' Qwen2 tokenizer appends to a small vocabulary
+        if any(t not in {a["content"] for a in added.values()} for t in beyond):
+            raise _fail(f"the tokenizer has ids up to {max(vocab.values())} but the model only {n_vocab} embedding "
+                        "rows; resize the embeddings (model.resize_token_embeddings) before exporting")
+        logger.warning("GGUF export: added tokens %s have ids past the model's %d embedding rows (the model "
+                       "cannot read them): left out", beyond, n_vocab)
+        vocab = {t: i for t, i in vocab.items() if i < n_vocab}
     by_id = {i: t for t, i in vocab.items()}
     tokens, types = [], []
     for i in range(n_vocab):
@@ -359,10 +375,12 @@ def export_gguf(source: str | Path, out: str | Path, dtype: str = "f32") -> Path
 
 def run_in_llama_cpp(path: str | Path, prompt_ids: list[int], steps: int) -> tuple[list[int], np.ndarray]:
     """(greedy continuation of `steps` tokens, logits of the prompt positions (T, V)) of a GGUF file in
-    llama.cpp on one thread; needs llama-cpp-python (extra ``csdistill[llama_cpp]``)."""
-    from llama_cpp import Llama
+    llama.cpp on one thread, its KV cache in f32 (llama.cpp's default f16 cache alone moves SmolLM2's logits
+    by ~0.06); needs llama-cpp-python (extra ``csdistill[llama_cpp]``)."""
+    from llama_cpp import GGML_TYPE_F32, Llama
 
-    model = Llama(str(path), n_ctx=max(256, len(prompt_ids) + steps), n_threads=1, logits_all=True, verbose=False)
+    model = Llama(str(path), n_ctx=max(256, len(prompt_ids) + steps), n_threads=1, logits_all=True, verbose=False,
+                  type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
     try:
         model.eval(prompt_ids)
         logits = np.array(model.scores[:len(prompt_ids)])
