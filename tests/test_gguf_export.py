@@ -147,6 +147,23 @@ def test_rope_permutation_pairs_each_half_with_its_partner():
     assert permuted == [0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11]
 
 
+def test_pre_tokenizers_get_llama_cpp_names():
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    from csdistill.errors import UserError
+    from csdistill.gguf_export import pre_tokenizer_name
+
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    digits = {"type": "Digits", "individual_digits": True}
+    split = {"type": "Split", "pattern": {"Regex": PRETOKENIZE_REGEX}, "behavior": "Isolated"}
+    assert pre_tokenizer_name(byte_level) == "gpt-2"
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [digits, byte_level]}) == "smollm"
+    qwen2 = {"type": "Sequence", "pretokenizers": [split, {**byte_level, "use_regex": False}]}
+    assert pre_tokenizer_name(qwen2) == "qwen2"
+    with pytest.raises(UserError, match="no llama.cpp name"):
+        pre_tokenizer_name({"type": "Whitespace"})
+
+
 def _one_line_error(capsys, argv) -> str:
     capsys.readouterr()  # drop what the test's own setup printed
     assert main(argv) == 2

@@ -247,7 +247,7 @@ def vocabulary(tokenizer_json: dict, n_vocab: int) -> tuple[list[str], list[int]
 
 def pre_tokenizer_name(pre_tokenizer: dict | None) -> str:
     """llama.cpp's name for a byte-level pre-tokenizer (how text is split before the merges)."""
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_SPLIT
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
     steps = (pre_tokenizer or {}).get("pretokenizers") or ([pre_tokenizer] if pre_tokenizer else [])
     kinds = [step.get("type") for step in steps]
@@ -255,10 +255,14 @@ def pre_tokenizer_name(pre_tokenizer: dict | None) -> str:
         return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"  # SmolLM's original tokenizer: digits one by one, then GPT-2's split
-    if kinds == ["Split", "ByteLevel"] and steps[0].get("pattern", {}).get("Regex") == QWEN2_SPLIT:
-        return "qwen2"
+    by_regex = {}  # transformers' table of llama.cpp names -> split regex, read backwards (first name wins)
+    for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items():
+        by_regex.setdefault(regex, name)
+    if kinds == ["Split", "ByteLevel"] and steps[0].get("pattern", {}).get("Regex") in by_regex:
+        return by_regex[steps[0]["pattern"]["Regex"]]  # Llama 3 ('llama3'), Qwen2 ('qwen2'), ...
     raise _fail(f"pre-tokenizer {json.dumps(pre_tokenizer)[:120]} has no llama.cpp name known to csdistill; "
-                "known: GPT-2's byte-level split, SmolLM's (digits + GPT-2) and Qwen2's")
+                "known: GPT-2's byte-level split, SmolLM's (digits + GPT-2) and the Split regexes transformers "
+                "maps (Llama 3, Qwen2, ...)")
 
 
 def add_special_flags(writer, tokenizer) -> None:
@@ -281,7 +285,6 @@ def add_tokenizer(writer, folder: Path, tokens: list[str], types: list[int], pre
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_scores([0.0] * len(tokens))  # unused by BPE; transformers' reader wants them without merges
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
     special.add_special_token = {}  # written from the tokenizer's behaviour below
     special.add_to_gguf(writer, quiet=True)
