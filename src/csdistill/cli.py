@@ -12,7 +12,8 @@ Commands:
   student     `student init`: a student pruned from a teacher (depth and width)
   teacher     `teacher cache`: a top-k teacher cache for train.teacher_cache; vLLM requests/converter
   compare     train every (loss, seed) from one student start, evaluate all, one table
-  (data also has `data prompts` (generated instruction prompts) and `data respond` (teacher answers))
+  (data also has `data prompts` (generated instruction prompts), `data respond` (teacher answers) and
+   `data fetch sharegpt` (a real instruction set with a data card))
 """
 
 from __future__ import annotations
@@ -189,6 +190,10 @@ def _add_generated_data_commands(data_sub) -> None:
     r = data_sub.add_parser("respond", help="the teacher answers a prompt set once (batched, cached, resumable)")
     _register_extra(r, "csdistill.responses")
     r.set_defaults(func=_module_command("csdistill.responses", "respond_command"))
+    f = data_sub.add_parser("fetch", help="a real instruction set (ShareGPT: human prompts, ChatGPT answers) as "
+                                          "train/validation/test JSONL with a data card")
+    _register_extra(f, "csdistill.data.sharegpt")
+    f.set_defaults(func=_module_command("csdistill.data.sharegpt", "fetch_command"))
 
 
 def _add_teacher_commands(sub) -> None:

@@ -132,7 +132,8 @@ def respond(teacher: str, prompts: str, out: str, splits: list[str] | None = Non
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     summary = {}
     for split in splits or list(files):
-        records = load_records(files[split], require_response=False).records
+        # chat/ShareGPT records: their prompt rendered with the teacher's chat template (what it answers)
+        records = load_records(files[split], require_response=False, tokenizer=tokenizer).records
         summary[split] = respond_split(model, tokenizer, records, Path(out) / f"{split}.jsonl", str(teacher), gen,
                                        seed, max_prompt_length)
     return summary
