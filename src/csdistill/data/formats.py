@@ -146,7 +146,8 @@ def _json_rows(path: Path) -> Iterator[tuple[int, object]]:
         except DataError as err:
             yield number + 1, err
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on \n only: str.splitlines() also splits inside strings holding U+2028, U+0085, \x0c ...
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
