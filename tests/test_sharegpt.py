@@ -246,3 +246,26 @@ def test_saved_generations_with_line_separators_are_reused(tmp_path):
     predictions = ["a\u2028b", "c\x85d\x0ce"]  # a model may emit these; ShareGPT answers hold U+2028
     write_generations(tmp_path / "g.jsonl", "k", ["p0", "p1"], predictions, [["r"], ["r\u2029"]])
     assert read_generations(tmp_path / "g.jsonl", "k", 2) == predictions
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def test_respond_answers_sharegpt_records_under_the_teachers_chat_template(tmp_path):
+    from csdistill.responses import respond
+    from helpers import tiny_model, tiny_tokenizer
+
+    teacher = tmp_path / "teacher"
+    tiny_model("tiny-llama", seed=1).save_pretrained(teacher)
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(teacher)
+    prompts = _write_jsonl(tmp_path / "test.jsonl", [  # U+2028 inside a prompt: one JSONL line all the same
+        {"id": f"q{i}", "conversations": [_turn("human", f"say {i}\u2028now"), _turn("gpt", f"ref {i}")]}
+        for i in range(3)])
+    assert respond(str(teacher), str(prompts), str(tmp_path / "out"), max_new_tokens=4, batch_size=2) == {"test": (3, 0)}
+    rows = load_records(tmp_path / "out" / "test.jsonl", require_response=False).records
+    assert [r["prompt"] for r in rows] == [f"<user>say {i}\u2028now\n<assistant>" for i in range(3)]
+    assert [r["gold_response"] for r in rows] == ["ref 0", "ref 1", "ref 2"] and rows[0]["id"] == "q0"
+    assert respond(str(teacher), str(prompts), str(tmp_path / "out"), max_new_tokens=4, batch_size=2) == {"test": (0, 3)}
