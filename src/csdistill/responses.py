@@ -31,6 +31,7 @@ import torch
 
 from csdistill.config import GenerationConfig
 from csdistill.errors import UserError, check_writable
+from csdistill.files import jsonl_lines
 
 SPLIT_ORDER = ("train", "validation", "test")
 
@@ -59,7 +60,7 @@ def _read_done(path: Path, keys: list[str]) -> list[dict]:
     done: list[dict] = []
     if not path.is_file():
         return done
-    for line, key in zip(path.read_text(encoding="utf-8").splitlines(), keys):
+    for line, key in zip(jsonl_lines(path), keys):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -94,7 +95,7 @@ def respond_split(model, tokenizer, records: list[dict], out: Path, teacher: str
     prompts = [chat_prompt(r, tokenizer) for r in records]
     keys = [response_key(fingerprint, gen, seed, p) for p in prompts]
     if out.is_file():
-        if len(_read_done(out, keys)) == len(records) == len(out.read_text(encoding="utf-8").splitlines()):
+        if len(_read_done(out, keys)) == len(records) == len(jsonl_lines(out)):
             return 0, len(records)
         raise UserError(f"data respond: {out} already exists from other prompts, teacher or settings; choose a new "
                          "--out (finished files are never overwritten)")
@@ -136,7 +137,8 @@ def respond(teacher: str, prompts: str, out: str, splits: list[str] | None = Non
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     summary = {}
     for split in splits or list(files):
-        records = load_records(files[split], require_response=False).records
+        # chat/ShareGPT records: their prompt rendered with the teacher's chat template (what it answers)
+        records = load_records(files[split], require_response=False, tokenizer=tokenizer).records
         summary[split] = respond_split(model, tokenizer, records, Path(out) / f"{split}.jsonl", str(teacher), gen,
                                        seed, max_prompt_length)
     return summary

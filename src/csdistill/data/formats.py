@@ -8,6 +8,10 @@ the text format gives ``text`` instead). Accepted spellings:
 - chat: ``messages``: [{role, content}, ...]; the last assistant turn is the response, the turns
   before it form the prompt, rendered into ``record["prompt"]`` (the tokenizer's chat template when
   a tokenizer with one is passed, else a role-tagged template, ``CHAT_TURN``).
+- sharegpt: ``conversations``: [{from, value}, ...] (ShareGPT/Vicuna layout; ``from`` is human/user,
+  gpt/assistant or system; a top-level ``system`` string is a leading system turn): converted to
+  ``messages`` and read as chat, so multi-turn records render through the tokenizer's chat template too.
+  The converted turns are kept in ``record["messages"]``.
 - text: a ``.txt`` file (one record, the whole file) or JSONL with a ``text`` field.
 
 Local files are read line by line so that every bad record is reported as
@@ -16,8 +20,10 @@ chat roles outside ``CHAT_ROLES``, a ``references`` that is neither a string (on
 of strings, and instruction/chat records over ``MAX_RECORD_CHARS`` characters (their tokenisation
 would need ~400 bytes of memory per character; text documents have no limit, they are tokenised in
 pieces). ``skip_bad`` skips such records and
-counts them. Files are JSONL; a ``.json`` file holding one array (Alpaca's layout) is read too,
-its "lines" then being 1-based record numbers. A name that is not a local file but looks like a hub
+counts them. Files are JSONL; a ``.json`` file holding one array (Alpaca's and ShareGPT's layout) is read
+too, record by record (``json_array_items``), its "lines" then being 1-based record numbers; an array cut
+off mid-record is a DataError at the record where it ends (``csdistill data fetch sharegpt`` keeps the
+complete records of such a file). A name that is not a local file but looks like a hub
 dataset id is read with ``datasets.load_dataset`` (train split).
 """
 
@@ -34,9 +40,10 @@ from csdistill.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "instruction", "chat", "text")
+FORMATS = ("auto", "instruction", "chat", "sharegpt", "text")
 CHAT_TURN = "<|{role}|>\n{content}\n"  # role-tagged turn when the tokenizer has no chat template
 CHAT_ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 MAX_RECORD_CHARS = 1_000_000  # characters in the string fields of one instruction/chat record
 
 
@@ -83,18 +90,64 @@ def read_utf8(path: Path) -> str:
                         f"UTF-8; {UTF8_FIX}") from None
 
 
+class TruncatedArray(DataError):
+    """A JSON array that ends mid-record (a cut-off download): `complete` records were read before it."""
+
+    def __init__(self, path: str, line: int, complete: int):
+        super().__init__(path, line, "json", f"the file ends mid-record after {complete} complete records (the "
+                         "array is cut off); restore the whole file or keep the complete records")
+        self.complete = complete
+
+
+def json_array_items(text: str, path: str = "<json>") -> Iterator[tuple[int, object]]:
+    """(line where the item starts, item) for each item of the JSON array `text`, decoded one at a time
+    (json.JSONDecoder.raw_decode), so a file cut off mid-record yields every complete record before raising
+    TruncatedArray; DataError (file:line) for invalid JSON elsewhere."""
+    decoder, index, end, line = json.JSONDecoder(), _skip_space(text, 0), len(text), 1
+    if text[index:index + 1] != "[":
+        raise DataError(path, 1, "json", "expected a JSON array ('[' first); pass a JSONL or .json array file")
+    index, count, last = _skip_space(text, index + 1), 0, 0
+    while index < end and text[index] != "]":
+        line += text.count("\n", last, index)
+        last = index
+        try:
+            item, index = decoder.raw_decode(text, index)
+        except json.JSONDecodeError as err:
+            if text.rstrip().endswith("]"):
+                raise DataError(path, err.lineno, "json", f"invalid JSON ({err.msg} at column {err.colno}); "
+                                "fix the file") from None
+            raise TruncatedArray(path, line, count) from None
+        count += 1
+        yield line, item
+        index = _skip_space(text, index)
+        if text[index:index + 1] == ",":
+            index = _skip_space(text, index + 1)
+        elif index < end and text[index] != "]":
+            raise DataError(path, line + text.count("\n", last, index), "json", "expected ',' or ']' between "
+                            "array items; fix the file")
+    if index >= end:
+        raise TruncatedArray(path, line + text.count("\n", last, end), count)
+
+
+def _skip_space(text: str, index: int) -> int:
+    while index < len(text) and text[index] in " \t\r\n":
+        index += 1
+    return index
+
+
 def _json_rows(path: Path) -> Iterator[tuple[int, object]]:
     """(line number, parsed object or DataError) for each non-blank line; a .json array: (record number, obj)."""
     text = read_utf8(path)
     if path.suffix == ".json" and text.lstrip().startswith("["):
+        number = 0
         try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            yield err.lineno, DataError(str(path), err.lineno, "json", f"invalid JSON ({err.msg}); fix the file")
-            return
-        yield from enumerate(rows, start=1)
+            for number, (_, row) in enumerate(json_array_items(text, str(path)), start=1):
+                yield number, row
+        except DataError as err:
+            yield number + 1, err
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on \n only: str.splitlines() also splits inside strings holding U+2028, U+0085, \x0c ...
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -235,6 +288,35 @@ def chat_record(row: dict, where: tuple[str, int], require_response: bool = True
             "input": "", "response": response}
 
 
+def sharegpt_messages(row: dict, where: tuple[str, int]) -> list[dict]:
+    """[{role, content}] of a ShareGPT row {"conversations": [{"from", "value"}], "system"?}; DataError on an
+    unknown role, a turn that is not {from: str, value: str}, an empty turn or an empty conversation."""
+    turns = row.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise DataError(*where, "conversations", f"expected a non-empty list of {{from, value}}, got {turns!r:.60}; "
+                        "remove the record or pass skip_bad")
+    system = _string(row, "system", where, required=False)
+    messages = [{"role": "system", "content": system}] if system.strip() else []
+    for index, turn in enumerate(turns):
+        field = f"conversations[{index}]"
+        if not (isinstance(turn, dict) and isinstance(turn.get("from"), str) and isinstance(turn.get("value"), str)):
+            raise DataError(*where, field, f"expected {{'from': str, 'value': str}}, got {turn!r:.60}")
+        if turn["from"] not in SHAREGPT_ROLES:
+            raise DataError(*where, f"{field}.from", f"unknown role {turn['from']!r}; valid roles: "
+                            f"{', '.join(SHAREGPT_ROLES)}")
+        if not turn["value"].strip():
+            raise DataError(*where, f"{field}.value", "empty turn (an empty exchange); remove the record or pass "
+                            "skip_bad")
+        messages.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
+    return messages
+
+
+def sharegpt_record(row: dict, where: tuple[str, int], require_response: bool = True, tokenizer=None) -> dict:
+    """A ShareGPT row read as the chat record of its turns (see chat_record)."""
+    chat_row = {key: value for key, value in row.items() if key not in ("conversations", "system")}
+    return chat_record({**chat_row, "messages": sharegpt_messages(row, where)}, where, require_response, tokenizer)
+
+
 def text_record(row: dict, where: tuple[str, int]) -> dict:
     text = _string(row, "text", where, required=True)
     if not text.strip():
@@ -246,6 +328,8 @@ def detect_format(row: dict) -> str:
     """instruction, chat or text, from the keys of the first record."""
     if "messages" in row:
         return "chat"
+    if "conversations" in row:
+        return "sharegpt"
     if "text" in row and "instruction" not in row:
         return "text"
     return "instruction"
@@ -264,6 +348,8 @@ def _parse(row: object, fmt: str, where: tuple[str, int], require_response: bool
     _check_size(row, where)
     if fmt == "chat":
         return chat_record(row, where, require_response, tokenizer)
+    if fmt == "sharegpt":
+        return sharegpt_record(row, where, require_response, tokenizer)
     return instruction_record(row, where, require_response)
 
 
@@ -271,8 +357,8 @@ def load_records(path: str | Path, format: str = "auto", skip_bad: bool = False,
                  tokenizer=None) -> RecordSet:
     """Read and validate every record of `path` (JSONL, .json array, .txt or a hub dataset id).
 
-    format: auto (chat if the first record has ``messages``, text for .txt or ``text`` records,
-    else instruction), instruction, chat or text. skip_bad: skip malformed records (counted and
+    format: auto (chat if the first record has ``messages``, sharegpt if it has ``conversations``, text for
+    .txt or ``text`` records, else instruction), instruction, chat, sharegpt or text. skip_bad: skip malformed records (counted and
     logged) instead of raising DataError. require_response=False accepts records without a
     response (prompts to answer; response ''). tokenizer: its chat template renders chat prompts.
     Raises DataError (a ValueError) naming file, line and field; DataFileNotFound (also a

@@ -34,7 +34,7 @@ from csdistill.errors import UserError, check_writable
 from csdistill.evaluate.scoring import (comet_scores, record_references, semantic_scores, task_scores, task_specs,
                                         text_scores)
 from csdistill.evaluate.semantic import load_encoder
-from csdistill.files import atomic_write_text
+from csdistill.files import atomic_write_text, jsonl_lines
 
 METRICS_VERSION = 1  # bump when a metric's definition changes: invalidates finished sets on disk
 
@@ -119,7 +119,7 @@ def read_generations(path: Path, key: str, n: int) -> list[str] | None:
     if not path.is_file():
         return None
     try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in jsonl_lines(path)]
     except json.JSONDecodeError:
         return None
     if len(rows) != n or any(row.get("key") != key for row in rows):

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 from csdistill.errors import UserError
+from csdistill.files import jsonl_lines
 
 N_RESAMPLES = 2000
 LEVEL = 0.95
@@ -27,7 +28,7 @@ LEVEL = 0.95
 
 def read_predictions(path: Path, n: int) -> list[str]:
     """The predictions of one generations file, in record order (n lines expected)."""
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in jsonl_lines(path)]
     if len(lines) != n:
         raise UserError(f"{path}: {len(lines)} generations for a set of {n} records; re-run the evaluation")
     return [line["prediction"] for line in sorted(lines, key=lambda line: line["index"])]
