@@ -173,7 +173,8 @@ def _quality(student_dir, teacher, examples, tokenizer) -> tuple[float, float]:
 
 
 ARMS = {"live": ("live dense", []), "bucket": ("k=64 cache, bucket", ["loss.sparse_tail=bucket"]),
-        "support": ("k=64 cache, support", ["loss.sparse_tail=support"])}
+        "support": ("k=64 cache, support", ["loss.sparse_tail=support"]),
+        "hidden": ("exact hidden-state cache, fp32", [])}
 
 
 def train_compare(teacher_path: str, teacher, student, tokenizer, steps: int, seeds: list[int], work: Path,
@@ -195,6 +196,8 @@ def train_compare(teacher_path: str, teacher, student, tokenizer, steps: int, se
     start = time.perf_counter()
     manifest = build_cache(load_config(None, common), work / "cache", 64, progress=False)
     cache_seconds = time.perf_counter() - start
+    if "hidden" in arms:
+        build_cache(load_config(None, common), work / "cache-hidden", 0, dtype="fp32", progress=False, store="hidden")
     cfg = load_config(None, common)
     validation = load_train_data(cfg, tokenizer).validation
     print(f"\ntrain: cache of {manifest['sequences']} sequences / {manifest['positions']} positions built in "
@@ -207,7 +210,8 @@ def train_compare(teacher_path: str, teacher, student, tokenizer, steps: int, se
     for name in arms:
         arm, extra = ARMS[name]
         if name != "live":
-            extra = [*extra, f"train.teacher_cache={work / 'cache'}"]
+            cache = work / ("cache-hidden" if name == "hidden" else "cache")
+            extra = [*extra, f"train.teacher_cache={cache}"]
         for seed in seeds:
             out = work / f"run-{name}-{weighting}-{seed}"
             start = time.perf_counter()
@@ -231,7 +235,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1", help="train: seeds per arm")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--weighting", default="SS", help="train: CSD weighting")
-    parser.add_argument("--arms", default="live,bucket,support", help="train: live, bucket, support")
+    parser.add_argument("--arms", default="live,bucket,support", help="train: live, bucket, support, hidden")
     parser.add_argument("--work", default="", help="train: working folder to keep (default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
