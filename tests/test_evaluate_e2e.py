@@ -150,12 +150,14 @@ def test_a_second_decoding_of_the_same_model_reuses_the_teacher_forced_pass(save
     monkeypatch.setattr(fidelity, "teacher_forced_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
     model, teacher = load_model(str(saved / "student")), load_model(str(saved / "teacher"))
     tok = load_tokenizer(str(saved / "student"))
-    sets = {"forced_reuse": RECORDS}
-    greedy = evaluate_model(model, tok, sets, load_config(None, [*FAST, "train.mode=sft", "eval.greedy=true"]), teacher=teacher, progress=False)
-    sampled = evaluate_model(model, tok, sets, load_config(None, [*FAST, "train.mode=sft"]), teacher=teacher, progress=False)
+    sets, forced = {"forced_reuse": RECORDS}, {}  # the caller holds the reuse memo; the library keeps none
+    greedy = evaluate_model(model, tok, sets, load_config(None, [*FAST, "train.mode=sft", "eval.greedy=true"]), teacher=teacher, progress=False,
+                            teacher_forced=forced)
+    sampled = evaluate_model(model, tok, sets, load_config(None, [*FAST, "train.mode=sft"]), teacher=teacher, progress=False,
+                             teacher_forced=forced)
     assert len(calls) == 1  # the teacher-forced pass does not depend on the decoding
     assert greedy["sets"]["forced_reuse"]["fidelity"] == sampled["sets"]["forced_reuse"]["fidelity"]
     assert greedy["sets"]["forced_reuse"]["passes"] != sampled["sets"]["forced_reuse"]["passes"]
     longer = evaluate_model(model, tok, sets, load_config(None, [*FAST, "train.mode=sft", "data.max_prompt_length=6", "data.max_length=8"]), teacher=teacher,
-                            progress=False)
+                            progress=False, teacher_forced=forced)
     assert len(calls) == 2 and longer["sets"]["forced_reuse"]["fidelity"] != greedy["sets"]["forced_reuse"]["fidelity"]
