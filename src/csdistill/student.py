@@ -17,8 +17,7 @@ from pathlib import Path
 
 from csdistill import prune
 from csdistill.errors import UserError
-
-PROVENANCE_FILE = "csdistill_student.json"
+from csdistill.provenance import PROVENANCE_FILE
 
 
 def calibration_texts(tokenizer, path: str | None, n: int, seed: int) -> list[str]:
