@@ -59,9 +59,10 @@ def next_tokens(logits: torch.Tensor, gen: GenerationConfig, uniforms: torch.Ten
         return logits.argmax(dim=-1)
     probs = filter_logits(logits / gen.temperature, gen.top_k, gen.top_p).softmax(dim=-1)  # (B, V)
     cdf = probs.cumsum(dim=-1)  # (B, V)
-    target = uniforms.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]  # (B, 1): scaled to the row's float total
-    token = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # first index with cdf > target
-    return torch.where(token < probs.shape[-1], token, probs.argmax(dim=-1))  # target == total only by rounding
+    total = cdf[:, -1:]  # (B, 1): 1 up to float rounding
+    below_total = torch.nextafter(total, torch.zeros_like(total))  # rounding never lifts the target to the total
+    target = torch.minimum(uniforms.to(cdf.device, cdf.dtype)[:, None] * total, below_total)  # (B, 1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)  # first token with cdf > target: p > 0
 
 
 def draw_uniforms(generator: torch.Generator, rows: int, steps: int) -> torch.Tensor:
