@@ -42,13 +42,13 @@ def _evaluate(saved, out, *extra):
 
 def _count_generate_calls(monkeypatch):
     calls = []
-    real = csdistill.generation.generate_texts
+    real = csdistill.generation.generate_seed_texts
 
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("seed"))
-        return real(*args, **kwargs)
+    def counting(model, tokenizer, prompts, gen, seeds, *args, **kwargs):
+        calls.append(list(seeds))
+        return real(model, tokenizer, prompts, gen, seeds, *args, **kwargs)
 
-    monkeypatch.setattr(csdistill.generation, "generate_texts", counting)
+    monkeypatch.setattr(csdistill.generation, "generate_seed_texts", counting)
     return calls
 
 
@@ -56,7 +56,7 @@ def test_cli_evaluate_writes_results_generations_and_resumes(saved, tmp_path, mo
     out = tmp_path / "eval"
     calls = _count_generate_calls(monkeypatch)
     assert _evaluate(saved, out) == 0
-    assert calls == [10, 20]
+    assert calls == [[10, 20]]  # both seeds in one batched decoding
     results = json.loads((out / "results.json").read_text())
     assert results["model"] == str(saved / "student") and results["teacher"] == str(saved / "teacher")
     assert {"config_hash", "command", "date", "machine"} <= set(results)
@@ -88,7 +88,15 @@ def test_cli_evaluate_writes_results_generations_and_resumes(saved, tmp_path, mo
     assert calls == [] and "forward_kl" not in fidelity and "student_nll" in fidelity
     # A changed generation setting invalidates the saved passes.
     assert _evaluate(saved, out, "generation.max_new_tokens=5") == 0
-    assert calls == [10, 20]
+    assert calls == [[10, 20]]
+    # One lost pass: only its seed is decoded again, and it draws what it drew beside the other seed.
+    lost = out / "generations" / "mixed.seed20.jsonl"
+    before = lost.read_text()
+    lost.unlink()
+    (out / "sets" / "mixed.json").unlink()
+    calls.clear()
+    assert _evaluate(saved, out, "generation.max_new_tokens=5") == 0
+    assert calls == [[20]] and lost.read_text() == before
 
 
 def test_cli_errors_are_one_clear_line(saved, tmp_path, capsys):

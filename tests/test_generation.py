@@ -137,3 +137,78 @@ def test_generate_needs_no_teacher_while_train_still_does(tmp_path, capsys):
     assert "generation.top_p" in capsys.readouterr().err
     assert main(["train", "train.max_steps=1"]) == 2  # training validation is not weakened
     assert "teacher.name_or_path" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the batched decoder
+
+from csdistill.generation import generate_seed_texts, length_buckets, next_tokens, row_uniforms, sample_rows  # noqa: E402
+from reference_decoding import greedy_loop, uncached_row  # noqa: E402
+
+MANY = ["reverse: cat dog", "ab", "copy: sun", "a much longer prompt than the rest", "x", "sort: c b a", "hi there"]
+
+
+def _frequent_token(model, batch, steps=12):
+    """A token the greedy rows emit often: as EOS it ends rows at different steps (rows get dropped)."""
+    new = greedy_loop(model, batch["input_ids"], batch["attention_mask"], steps, -1, 0)
+    return int(torch.mode(new.flatten()).values)
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
+def test_greedy_rows_equal_the_plain_loop_token_for_token(preset):
+    model = tiny_model(preset, seed=5)
+    batch = encode_prompts(MANY, tiny_tokenizer(), max_prompt_length=32)
+    eos = _frequent_token(model, batch)
+    ref = greedy_loop(model, batch["input_ids"], batch["attention_mask"], 12, eos, 0)
+    out = sample_rows(model, batch["input_ids"], batch["attention_mask"], GenerationConfig(do_sample=False,
+                      max_new_tokens=12), None, eos, 0)
+    new = out.sequences[:, out.prompt_length:]
+    assert 0 < (new == eos).any(dim=1).sum() < len(MANY)  # some rows finished early: the decoder dropped them
+    assert torch.equal(new, ref)
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
+def test_sampled_rows_equal_an_uncached_row_by_row_reference(preset):
+    model = tiny_model(preset, seed=5)
+    tok = tiny_tokenizer()
+    gen = GenerationConfig(do_sample=True, temperature=1.3, top_k=20, top_p=0.95, max_new_tokens=10)
+    batch = encode_prompts(MANY[:4], tok, max_prompt_length=32)
+    eos = _frequent_token(model, batch)
+    uniforms = row_uniforms([1, 2], range(4), gen.max_new_tokens)  # (8, N), prompt-major
+    out = sample_rows(model, batch["input_ids"], batch["attention_mask"], gen, uniforms, eos, 0, copies=2)
+    P = out.prompt_length
+    for row in range(8):
+        prompt = batch["input_ids"][row // 2][batch["attention_mask"][row // 2].bool()]
+        expected = uncached_row(model, prompt.tolist(), gen, uniforms[row], eos)
+        got = out.sequences[row, P:][out.completion_mask[row, P:]].tolist()
+        assert got == expected, row
+
+
+def test_a_seed_draws_the_same_texts_alone_as_beside_other_seeds():
+    model, tok = tiny_model(seed=5), tiny_tokenizer()
+    gen = GenerationConfig(do_sample=True, temperature=1.5, max_new_tokens=12)
+    together = generate_seed_texts(model, tok, MANY, gen, [10, 20, 30], batch_size=3)
+    alone = generate_seed_texts(model, tok, MANY, gen, [20], batch_size=5)[0]
+    assert together[1] == alone  # other seeds, another batch size and bucketing: the same draws
+    assert together[0] != together[1] != together[2]
+    assert generate_texts(model, tok, MANY, gen, seed=30, batch_size=2) == together[2]
+
+
+def test_greedy_texts_are_shared_by_all_seeds_and_independent_of_batching():
+    model, tok = tiny_model(seed=5), tiny_tokenizer()
+    texts = generate_seed_texts(model, tok, MANY, GREEDY, [1, 2], batch_size=3)
+    assert texts[0] == texts[1] == generate_texts(model, tok, MANY, GREEDY, seed=0, batch_size=1)
+
+
+def test_length_buckets_sort_stably_and_cover_every_prompt():
+    assert length_buckets([3, 1, 2, 1, 5], 2) == [[1, 3], [2, 0], [4]]
+
+
+def test_inverse_cdf_pick_follows_the_probabilities_and_skips_filtered_tokens():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(4000, 4)
+    u = (torch.arange(4000) + 0.5) / 4000  # an even grid of uniforms
+    picks = next_tokens(logits, GenerationConfig(do_sample=True), u)
+    assert torch.allclose(torch.bincount(picks, minlength=4) / 4000.0, probs, atol=1e-3)
+    top2 = next_tokens(logits, GenerationConfig(do_sample=True, top_k=2), u)
+    assert set(top2.tolist()) == {0, 1}
+    assert int(next_tokens(logits[:1], GenerationConfig(do_sample=True), torch.tensor([1.0 - 1e-9]))) == 3

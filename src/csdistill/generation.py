@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from csdistill.config import Config, ConfigError, GenerationConfig
 from csdistill.errors import UserError, check_writable
@@ -26,6 +27,11 @@ class GenerationOutput:
     sequences: torch.Tensor  # (B, P + N) long: left-padded prompt, then N generated columns (pad after EOS)
     completion_mask: torch.Tensor  # (B, P + N) bool: generated tokens up to and including the first EOS
     prompt_length: int  # P: generated tokens start at this column
+
+
+# What a sampled token is, given its row's uniform draw u in [0, 1): the first token whose cumulative probability
+# exceeds u (inverse CDF). Stored with cached generations, so a change of this definition invalidates them.
+SAMPLER = "inverse-cdf-per-row-uniforms"
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -45,14 +51,30 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def next_tokens(logits: torch.Tensor, gen: GenerationConfig, generator: torch.Generator) -> torch.Tensor:
-    """One token per row (B,) from last-position logits (B, V): argmax, or a draw from `generator`."""
+def next_tokens(logits: torch.Tensor, gen: GenerationConfig, uniforms: torch.Tensor | None) -> torch.Tensor:
+    """One token per row (B,) from last-position logits (B, V): argmax, or the inverse-CDF pick of each row's
+    uniform draw uniforms (B,) in [0, 1) under softmax(filter(logits / temperature))."""
     logits = logits.float()
     if not gen.do_sample:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits / gen.temperature, gen.top_k, gen.top_p)
-    probs = logits.softmax(dim=-1).to(generator.device)  # (B, V): draw where the generator lives
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
+    probs = filter_logits(logits / gen.temperature, gen.top_k, gen.top_p).softmax(dim=-1)  # (B, V)
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    total = cdf[:, -1:]  # (B, 1): 1 up to float rounding
+    below_total = torch.nextafter(total, torch.zeros_like(total))  # rounding never lifts the target to the total
+    target = torch.minimum(uniforms.to(cdf.device, cdf.dtype)[:, None] * total, below_total)  # (B, 1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)  # first token with cdf > target: p > 0
+
+
+def draw_uniforms(generator: torch.Generator, rows: int, steps: int) -> torch.Tensor:
+    """(rows, steps) uniforms in [0, 1): row r's draw for its step-t token."""
+    return torch.rand(rows, steps, generator=generator, device=generator.device)
+
+
+def row_uniforms(seeds: Sequence[int], prompt_indices: Sequence[int], steps: int, stream: str = "generate") -> torch.Tensor:
+    """(len(prompt_indices) * len(seeds), steps) uniforms, prompt-major: the draws of prompt i under seed s come
+    from make_generator(s, i, 0, stream) alone, so they do not depend on batching, bucketing or other seeds."""
+    return torch.cat([draw_uniforms(make_generator(seed, index, 0, stream), 1, steps)
+                      for index in prompt_indices for seed in seeds])
 
 
 def _forward_keywords(model) -> tuple[str, bool]:
@@ -75,55 +97,138 @@ def _forward(model, input_ids, attention_mask, position_ids, past, keywords: tup
     return out.logits[:, -1, :], getattr(out, cache_argument)
 
 
-def _decode(model, input_ids, attention_mask, gen, generator, eos_token_id, pad_token_id, vocab_size):
-    """The decode loop: (new tokens (B, N), their mask (B, N))."""
+class _BufferedLayer(DynamicLayer):
+    """A full-attention cache layer holding keys/values (R, H, capacity, D) allocated once: each step writes its
+    new columns in place instead of concatenating; `keys`/`values` are views of the filled part."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        super().__init__()
+        rows, heads, length, dim = keys.shape
+        self.key_buffer = keys.new_empty(rows, heads, capacity, dim)
+        self.value_buffer = values.new_empty(rows, values.shape[1], capacity, values.shape[-1])
+        self.key_buffer[:, :, :length] = keys
+        self.value_buffer[:, :, :length] = values
+        self.length, self.device, self.is_initialized = length, keys.device, True
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.key_buffer[:, :, :self.length]  # (R, H, length, D)
+        self.values = self.value_buffer[:, :, :self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        new = key_states.shape[-2]
+        self.key_buffer[:, :, self.length:self.length + new] = key_states
+        self.value_buffer[:, :, self.length:self.length + new] = value_states
+        self.length += new
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+        self._views()
+
+
+def _expand_cache(cache, copies: int, capacity: int):
+    """The prompt pass's cache with every row repeated `copies` times (prompt-major) and its full-attention
+    layers moved into buffers of `capacity` positions; other layer kinds keep their own mechanics."""
+    for index, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            cache.layers[index] = _BufferedLayer(layer.keys.repeat_interleave(copies, dim=0),
+                                                 layer.values.repeat_interleave(copies, dim=0), capacity)
+        elif copies > 1:
+            layer.batch_repeat_interleave(copies)
+    return cache
+
+
+def _compact(keep: torch.Tensor, cache, *row_tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop finished rows: keep only rows `keep` (K,) of the cache and of each (R, ...) tensor."""
+    for layer in cache.layers:
+        layer.batch_select_indices(keep)
+    return tuple(t[keep] if t is not None else None for t in row_tensors)
+
+
+def _decode(model, input_ids, attention_mask, gen, uniforms, copies, eos_token_id, pad_token_id, vocab_size):
+    """The decode loop: (new tokens (R, N), their mask (R, N)) for R = B * copies rows, row r continuing
+    prompt r // copies with draws uniforms[r] (R, max_new_tokens) (None: greedy)."""
+    prompt_length, steps = input_ids.shape[1], gen.max_new_tokens
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P): left padding shifts positions
     keywords = _forward_keywords(model)
     logits, past = _forward(model, input_ids, attention_mask, position_ids, None, keywords)
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # (B,)
-    tokens, masks = [], []
-    next_position = position_ids[:, -1:] + 1  # (B, 1)
-    for step in range(gen.max_new_tokens):
+    past = _expand_cache(past, copies, prompt_length + steps)
+    logits = logits.repeat_interleave(copies, dim=0)  # (R, V)
+    mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], steps)], dim=1)
+    mask = mask.repeat_interleave(copies, dim=0)  # (R, P + N): one allocation, sliced each step
+    next_position = position_ids[:, -1:].repeat_interleave(copies, dim=0) + 1  # (R, 1)
+    rows = torch.arange(mask.shape[0], device=input_ids.device)  # (R',): the output row of each present row
+    tokens = torch.full((mask.shape[0], steps), pad_token_id, dtype=torch.long, device=input_ids.device)
+    emitted = torch.zeros(mask.shape[0], steps, dtype=torch.bool, device=input_ids.device)
+    finished = torch.zeros_like(rows, dtype=torch.bool)  # (R',)
+    for step in range(steps):
         if vocab_size is not None:
             logits = logits[:, :vocab_size]  # never emit padding rows of the head
-        token = next_tokens(logits, gen, generator)  # (B,)
+        token = next_tokens(logits, gen, None if uniforms is None else uniforms[:, step])  # (R',)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-        tokens.append(token)
-        masks.append(~finished)
+        tokens[rows, step], emitted[rows, step] = token, ~finished
         finished = finished | (token == eos_token_id)
-        if bool(finished.all()) or step == gen.max_new_tokens - 1:
+        done = int(finished.sum())
+        if done == rows.numel() or step == steps - 1:
             break
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=-1)  # (B, P+step+1)
-        logits, past = _forward(model, token[:, None], attention_mask, next_position, past, keywords)
+        if done >= max(1, rows.numel() // 4):  # geometric: a few cache copies per batch, not one per finished row
+            rows, token, next_position, mask, uniforms, finished = _compact(
+                (~finished).nonzero().squeeze(1), past, rows, token, next_position, mask, uniforms, finished)
+        logits, past = _forward(model, token[:, None], mask[:, :prompt_length + step + 1], next_position, past,
+                                keywords)
         next_position = next_position + 1
-    return torch.stack(tokens, dim=1), torch.stack(masks, dim=1)  # (B, N), (B, N)
+    return tokens[:, :step + 1], emitted[:, :step + 1]  # (R, N'), (R, N')
+
+
+def _check_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
+        raise UserError(f"sample: input_ids {tuple(input_ids.shape)} and attention_mask "
+                         f"{tuple(attention_mask.shape)} must both be (B, P)")
 
 
 @torch.no_grad()
+def sample_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen: GenerationConfig,
+                uniforms: torch.Tensor | None, eos_token_id: int, pad_token_id: int, vocab_size: int | None = None,
+                copies: int = 1) -> GenerationOutput:
+    """Continue each left-padded prompt input_ids (B, P) / attention_mask (B, P) `copies` times, as rows
+    r = b * copies + c, by up to gen.max_new_tokens tokens; row r's step-t token is the pick of uniforms[r, t]
+    (uniforms (B * copies, max_new_tokens); None or gen.do_sample False: greedy).
+
+    One prompt pass per prompt; the rows then decode together, finished rows dropped as they accumulate.
+    Stops when every row has emitted EOS; finished rows are filled with pad_token_id. vocab_size: emit only
+    ids below it (a head padded beyond the tokenizer). Runs in eval mode; the model's mode is restored.
+    """
+    _check_prompts(input_ids, attention_mask)
+    if gen.do_sample and (uniforms is None or uniforms.shape != (input_ids.shape[0] * copies, gen.max_new_tokens)):
+        raise UserError(f"sample_rows: sampling needs uniforms of shape ({input_ids.shape[0] * copies}, "
+                         f"{gen.max_new_tokens}), got {None if uniforms is None else tuple(uniforms.shape)}")
+    was_training = model.training
+    model.eval()
+    try:
+        new_tokens, new_mask = _decode(model, input_ids, attention_mask, gen, uniforms if gen.do_sample else None,
+                                       copies, eos_token_id, pad_token_id, vocab_size)
+    finally:
+        model.train(was_training)
+    prompts = input_ids.repeat_interleave(copies, dim=0)  # (R, P)
+    return GenerationOutput(sequences=torch.cat([prompts, new_tokens], dim=1),
+                            completion_mask=torch.cat([torch.zeros_like(prompts, dtype=torch.bool), new_mask], dim=1),
+                            prompt_length=input_ids.shape[1])
+
+
 def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen: GenerationConfig,
            generator: torch.Generator, eos_token_id: int, pad_token_id: int,
            vocab_size: int | None = None) -> GenerationOutput:
     """Continue left-padded prompts input_ids (B, P) / attention_mask (B, P) by up to
-    gen.max_new_tokens tokens (temperature, top-k, top-p; greedy when gen.do_sample is False).
-
-    Stops when every row has emitted EOS. Rows that finished are filled with pad_token_id.
-    vocab_size: sample only ids below it (a head padded beyond the tokenizer). Runs in eval mode;
-    the model's train/eval mode is restored afterwards.
-    """
-    if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
-        raise UserError(f"sample: input_ids {tuple(input_ids.shape)} and attention_mask "
-                         f"{tuple(attention_mask.shape)} must both be (B, P)")
-    was_training = model.training
-    model.eval()
-    try:
-        new_tokens, new_mask = _decode(model, input_ids, attention_mask, gen, generator, eos_token_id,
-                                       pad_token_id, vocab_size)
-    finally:
-        model.train(was_training)
-    prompt_mask = torch.zeros_like(input_ids, dtype=torch.bool)  # (B, P)
-    return GenerationOutput(sequences=torch.cat([input_ids, new_tokens], dim=1),
-                            completion_mask=torch.cat([prompt_mask, new_mask], dim=1),
-                            prompt_length=input_ids.shape[1])
+    gen.max_new_tokens tokens (temperature, top-k, top-p; greedy when gen.do_sample is False), drawing
+    the (B, max_new_tokens) uniforms from `generator`. See sample_rows."""
+    _check_prompts(input_ids, attention_mask)
+    uniforms = draw_uniforms(generator, input_ids.shape[0], gen.max_new_tokens) if gen.do_sample else None
+    return sample_rows(model, input_ids, attention_mask, gen, uniforms, eos_token_id, pad_token_id, vocab_size)
 
 
 def completions(output: GenerationOutput, eos_token_id: int) -> list[list[int]]:
@@ -142,13 +247,21 @@ def _head_rows(model) -> int | None:
         return None
 
 
-def generate_texts(model, tokenizer, prompts: Sequence[str], gen: GenerationConfig, seed: int,
-                   max_prompt_length: int = 256, batch_size: int | None = None, progress: bool = False,
-                   what: str = "generation prompts") -> list[str]:
-    """Decoded completions of prompt texts (EOS stripped, special tokens skipped), in order.
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Prompt indices in batches of `batch_size` by ascending length (stable), so a batch pads little."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
-    Batch b draws from make_generator(seed, b, 0, "generate"): the same seed and batch size give
-    the same texts. `what` names the prompts in the unknown-token warning.
+
+def generate_seed_texts(model, tokenizer, prompts: Sequence[str], gen: GenerationConfig, seeds: Sequence[int],
+                        max_prompt_length: int = 256, batch_size: int | None = None, progress: bool = False,
+                        what: str = "generation prompts") -> list[list[str]]:
+    """texts[k][i]: the decoded completion (EOS stripped, special tokens skipped) of prompts[i] under seeds[k].
+
+    Prompts go in length-sorted batches of batch_size; each batch decodes all seeds in one pass. Prompt i's
+    draws under seed s come from make_generator(s, i, 0, "generate") alone, so a seed's texts are the same
+    whatever the other seeds, the batch size or the bucketing. Greedy: one decoding, shared by every seed.
+    `what` names the prompts in the unknown-token warning.
     """
     from tqdm.auto import tqdm
 
@@ -159,15 +272,26 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], gen: GenerationConf
     rows = _head_rows(model)
     vocab_size = len(tokenizer) if rows is not None and rows > len(tokenizer) else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    draws = list(seeds) if gen.do_sample else list(seeds)[:1]
+    texts: list[list[str]] = [[""] * len(prompts) for _ in draws]
     prompt_ids = encode_prompt_ids(list(prompts), tokenizer, max_prompt_length, what)
-    texts: list[str] = []
-    starts = range(0, len(prompts), batch_size)
-    for index, start in enumerate(tqdm(starts, desc="generate", disable=not progress)):
-        batch = left_pad(prompt_ids[start:start + batch_size], pad)
-        output = sample(model, batch["input_ids"].to(device), batch["attention_mask"].to(device), gen,
-                        make_generator(seed, index, 0, "generate"), tokenizer.eos_token_id, pad, vocab_size)
-        texts.extend(tokenizer.decode(ids, skip_special_tokens=True) for ids in completions(output, tokenizer.eos_token_id))
-    return texts
+    for bucket in tqdm(length_buckets([len(ids) for ids in prompt_ids], batch_size), desc="generate",
+                       disable=not progress):
+        batch = left_pad([prompt_ids[i] for i in bucket], pad)
+        uniforms = row_uniforms(draws, bucket, gen.max_new_tokens) if gen.do_sample else None
+        output = sample_rows(model, batch["input_ids"].to(device), batch["attention_mask"].to(device), gen,
+                             uniforms, tokenizer.eos_token_id, pad, vocab_size, copies=len(draws))
+        for row, ids in enumerate(completions(output, tokenizer.eos_token_id)):
+            texts[row % len(draws)][bucket[row // len(draws)]] = tokenizer.decode(ids, skip_special_tokens=True)
+    return texts if gen.do_sample else texts * len(seeds)
+
+
+def generate_texts(model, tokenizer, prompts: Sequence[str], gen: GenerationConfig, seed: int,
+                   max_prompt_length: int = 256, batch_size: int | None = None, progress: bool = False,
+                   what: str = "generation prompts") -> list[str]:
+    """Decoded completions of prompt texts under one seed, in order (see generate_seed_texts)."""
+    return generate_seed_texts(model, tokenizer, prompts, gen, [seed], max_prompt_length, batch_size, progress,
+                               what)[0]
 
 
 def _checkpoint_model_dir(checkpoint: str) -> str:

@@ -51,8 +51,10 @@ def prompt_files(prompts: str) -> dict[str, Path]:
 
 def response_key(fingerprint: str, gen: GenerationConfig, seed: int, prompt: str) -> str:
     from csdistill.evaluate.runner import stable_hash
+    from csdistill.generation import SAMPLER
 
-    return stable_hash({"teacher": fingerprint, "generation": vars(gen), "seed": seed, "prompt": prompt})
+    return stable_hash({"teacher": fingerprint, "generation": vars(gen), "sampler": SAMPLER, "seed": seed,
+                        "prompt": prompt})
 
 
 def _read_done(path: Path, keys: list[str]) -> list[dict]:

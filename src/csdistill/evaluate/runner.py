@@ -150,23 +150,24 @@ def read_finished_set(path: Path, key: str) -> dict | None:
 def _generate_passes(model, tokenizer, name: str, prompts: list[str], references: list[list[str]], cfg: Config,
                      base_key: dict, out_dir: Path | None, progress: bool) -> tuple[list[list[str]], list[str]]:
     """Predictions of every pass (reused from disk when complete and keyed alike) and their file names."""
-    from tqdm.auto import tqdm
-
-    from csdistill.generation import generate_texts
+    from csdistill.generation import SAMPLER, generate_seed_texts
 
     gen, passes = generation_passes(cfg)
-    predictions, files = [], []
-    for tag, seed in tqdm(passes, desc=f"evaluate {name}", disable=not progress):
-        key = stable_hash({**base_key, "generation": dataclasses.asdict(gen), "seed": seed})
-        path = out_dir / "generations" / f"{name}.{tag}.jsonl" if out_dir else None
-        preds = read_generations(path, key, len(prompts)) if path else None
-        if preds is None:
-            preds = generate_texts(model, tokenizer, prompts, gen, seed=seed, max_prompt_length=cfg.data.max_prompt_length,
-                                   batch_size=gen.batch_size, progress=progress, what=f"evaluation set {name}")
-            if path:
-                write_generations(path, key, prompts, preds, references)
-        predictions.append(list(preds))
-        files.append(f"generations/{name}.{tag}.jsonl" if path else None)
+    keys = [stable_hash({**base_key, "generation": dataclasses.asdict(gen), "sampler": SAMPLER, "seed": seed})
+            for _, seed in passes]
+    paths = [out_dir / "generations" / f"{name}.{tag}.jsonl" if out_dir else None for tag, _ in passes]
+    predictions = [read_generations(path, key, len(prompts)) if path else None for path, key in zip(paths, keys)]
+    missing = [k for k, preds in enumerate(predictions) if preds is None]
+    if missing:  # every missing seed in one batched decoding; a seed draws the same alone or beside others
+        texts = generate_seed_texts(model, tokenizer, prompts, gen, [passes[k][1] for k in missing],
+                                    max_prompt_length=cfg.data.max_prompt_length, batch_size=gen.batch_size,
+                                    progress=progress, what=f"evaluation set {name}")
+        for k, preds in zip(missing, texts):
+            predictions[k] = preds
+            if paths[k]:
+                write_generations(paths[k], keys[k], prompts, preds, references)
+    files = [f"generations/{name}.{tag}.jsonl" if path else None for (tag, _), path in zip(passes, paths)]
+    predictions = [list(preds) for preds in predictions]
     return predictions, files
 
 
