@@ -97,6 +97,10 @@ def test_cli_evaluate_writes_results_generations_and_resumes(saved, tmp_path, mo
     calls.clear()
     assert _evaluate(saved, out, "generation.max_new_tokens=5") == 0
     assert calls == [[20]] and lost.read_text() == before
+    # Decoding under bf16 autocast is another decoder: the saved fp32 passes are not reused for it.
+    calls.clear()
+    assert _evaluate(saved, out, "generation.max_new_tokens=5", "model.precision=bf16") == 0
+    assert calls == [[10, 20]]
 
 
 def test_cli_errors_are_one_clear_line(saved, tmp_path, capsys):

@@ -212,3 +212,11 @@ def test_inverse_cdf_pick_follows_the_probabilities_and_skips_filtered_tokens():
     top2 = next_tokens(logits, GenerationConfig(do_sample=True, top_k=2), u)
     assert set(top2.tolist()) == {0, 1}
     assert int(next_tokens(logits[:1], GenerationConfig(do_sample=True), torch.tensor([1.0 - 1e-9]))) == 3
+
+
+def test_bf16_decoding_keeps_a_seed_independent_of_batching():
+    model, tok = tiny_model(seed=5), tiny_tokenizer()
+    gen = GenerationConfig(do_sample=True, temperature=1.5, max_new_tokens=12)
+    together = generate_seed_texts(model, tok, MANY, gen, [10, 20], batch_size=3, precision="bf16")
+    assert together[1] == generate_seed_texts(model, tok, MANY, gen, [20], batch_size=7, precision="bf16")[0]
+    assert any(t for t in together[0])

@@ -61,3 +61,19 @@ def test_student_init_and_bf16_export_of_the_real_teacher(smollm2, tmp_path):
     ids = load_tokenizer(str(out))("Hello there", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.isfinite(student(ids).logits).all()
+
+
+def test_batched_greedy_decoding_equals_generate_prompt_by_prompt(smollm2):
+    """Length-bucketed, left-padded, rows dropped as they finish: the same tokens as model.generate on each
+    prompt alone (the obvious greedy path)."""
+    tokenizer, model = load_tokenizer(smollm2), load_model(smollm2).eval()
+    questions = ["What is the capital of France?", "Name three colours.", "Write a haiku about the sea in spring.",
+                 "2 + 2 = ?", "Explain in one sentence what a neural network is."]
+    prompts = [chat_prompt({"instruction": q, "input": ""}, tokenizer) for q in questions]
+    gen = GenerationConfig(do_sample=False, max_new_tokens=16)
+    batched = generate_texts(model, tokenizer, prompts, gen, seed=0, batch_size=3)
+    for prompt, text in zip(prompts, batched):
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**ids, do_sample=False, max_new_tokens=16, pad_token_id=tokenizer.eos_token_id)
+        assert text == tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -150,18 +150,18 @@ def read_finished_set(path: Path, key: str) -> dict | None:
 def _generate_passes(model, tokenizer, name: str, prompts: list[str], references: list[list[str]], cfg: Config,
                      base_key: dict, out_dir: Path | None, progress: bool) -> tuple[list[list[str]], list[str]]:
     """Predictions of every pass (reused from disk when complete and keyed alike) and their file names."""
-    from csdistill.generation import SAMPLER, generate_seed_texts
+    from csdistill.generation import generate_seed_texts
 
     gen, passes = generation_passes(cfg)
-    keys = [stable_hash({**base_key, "generation": dataclasses.asdict(gen), "sampler": SAMPLER, "seed": seed})
-            for _, seed in passes]
+    keys = [stable_hash({**base_key, "generation": dataclasses.asdict(gen), "seed": seed}) for _, seed in passes]
     paths = [out_dir / "generations" / f"{name}.{tag}.jsonl" if out_dir else None for tag, _ in passes]
     predictions = [read_generations(path, key, len(prompts)) if path else None for path, key in zip(paths, keys)]
     missing = [k for k, preds in enumerate(predictions) if preds is None]
     if missing:  # every missing seed in one batched decoding; a seed draws the same alone or beside others
         texts = generate_seed_texts(model, tokenizer, prompts, gen, [passes[k][1] for k in missing],
                                     max_prompt_length=cfg.data.max_prompt_length, batch_size=gen.batch_size,
-                                    progress=progress, what=f"evaluation set {name}")
+                                    progress=progress, what=f"evaluation set {name}",
+                                    precision=cfg.model.precision)
         for k, preds in zip(missing, texts):
             predictions[k] = preds
             if paths[k]:
@@ -205,12 +205,14 @@ def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, 
     teacher_forced: the caller's cache of teacher-forced passes of this model (see _teacher_forced).
     """
     from csdistill.data.templates import build_prompt
+    from csdistill.generation import SAMPLER
 
     gen, passes = generation_passes(cfg)
     d = cfg.data
     keys = keys or {}
     base_key = {"model": keys.get("model"), "records": stable_hash(records), "template": d.template,
-                "max_prompt_length": d.max_prompt_length}  # what the generations depend on
+                "max_prompt_length": d.max_prompt_length,  # what the generations depend on
+                "decoder": {"sampler": SAMPLER, "precision": cfg.model.precision}}
     set_key = stable_hash({**base_key, "teacher": keys.get("teacher"), "generation": dataclasses.asdict(gen), "passes": passes,
                            "max_length": d.max_length, "fidelity": cfg.eval.fidelity,
                            "bins": cfg.eval.calibration_bins, "comet": cfg.eval.comet_model,
