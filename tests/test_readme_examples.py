@@ -80,3 +80,20 @@ def test_the_checks_catch_what_they_check():
     assert "invalid choice" in parse_error(["nonesuch"])
     assert command_path(["data", "nonesuch"]) == ("data",)
     assert len(BLOCKS) >= 5  # the README's examples were found
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_github_anchor_drops_punctuation():
+    assert github_anchor("Decoding throughput: batched seeds vs `model.generate`") == \
+        "decoding-throughput-batched-seeds-vs-modelgenerate"
+
+
+def test_links_into_the_results_name_a_heading_there():
+    results = README.parent / "benchmarks" / "RESULTS.md"
+    anchors = {github_anchor(h) for h in re.findall(r"^#+ (.*)$", results.read_text(), re.M)}
+    links = re.findall(r"RESULTS\.md#([\w\-]+)", README.read_text())
+    assert links and [link for link in links if link not in anchors] == []
