@@ -158,15 +158,20 @@ def time_evaluate(model, tokenizer, teacher) -> None:
     answers = generate_seed_texts(teacher, tokenizer, prompts, greedy, [0], 128)[0]
     records = [{**r, "prompt": p, "response": a} for r, p, a in zip(records, prompts, answers)]
     for precision in ("fp32", "bf16"):
-        start = time.perf_counter()
+        forced: dict = {}  # one teacher-forced pass serves both decodings, as in compare
+        parts = []
         for greedy_pass in ("true", "false"):
             cfg = load_config(None, ["train.mode=sft", "generation.max_new_tokens=80", "generation.batch_size=16",
                                      "data.max_prompt_length=128", "data.max_length=256", "data.template=prompt",
                                      "eval.seeds=[10,20,30,40,50]", f"eval.greedy={greedy_pass}",
                                      f"model.precision={precision}"])
-            evaluate_model(model, tokenizer, {"test": records}, cfg, teacher=teacher, progress=False)
+            start = time.perf_counter()
+            evaluate_model(model, tokenizer, {"test": records}, cfg, teacher=teacher, progress=False,
+                           teacher_forced=forced)
+            parts.append(time.perf_counter() - start)
         print(f"evaluate_model at the real-model table's settings, {precision} decoding, one thread: "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+              f"{sum(parts):.0f} s (greedy + teacher-forced pass {parts[0]:.0f} s, 5 sampled seeds {parts[1]:.0f} s)",
+              flush=True)
 
 
 def main() -> None:
@@ -180,6 +185,7 @@ def main() -> None:
     parser.add_argument("--modes", default="sampled,greedy")
     parser.add_argument("--before-rev", default=BEFORE_REV, help="git revision of the per-seed decoder")
     parser.add_argument("--evaluate", action="store_true", help="also time evaluate_model at the table's settings")
+    parser.add_argument("--evaluate-only", action="store_true", help="only the evaluate_model timing")
     parser.add_argument("--teacher", default=None, help="the teacher for --evaluate (default: the first --model)")
     args = parser.parse_args()
     module = per_seed_decoder(args.before_rev)
@@ -191,12 +197,12 @@ def main() -> None:
     for path in args.model:
         tokenizer, model = load_tokenizer(path), load_model(path).eval()
         name = Path(path).name
-        for threads in [int(t) for t in args.threads.split(",")]:
+        for threads in [] if args.evaluate_only else [int(t) for t in args.threads.split(",")]:
             for batch, n in zip([int(b) for b in args.batches.split(",")], [int(p) for p in args.prompts.split(",")]):
                 for mode in args.modes.split(","):
                     gen = GenerationConfig(do_sample=mode == "sampled", max_new_tokens=args.max_new_tokens)
                     bench(name, model, tokenizer, module, threads, batch, n, gen, seeds)
-        if args.evaluate:
+        if args.evaluate or args.evaluate_only:
             teacher = load_model(args.teacher or args.model[0]).eval()
             time_evaluate(model, tokenizer, teacher)
     print(f"# load average {os.getloadavg()[0]:.2f}", file=sys.stderr)

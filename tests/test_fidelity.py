@@ -74,3 +74,12 @@ def test_training_mode_is_restored(tok):
     model.train()
     teacher_forced_metrics(model, _batches(tok, 3))
     assert model.training
+
+
+def test_bf16_forwards_stay_near_the_fp32_metrics(tok):
+    student, teacher = tiny_model(seed=0), tiny_model(seed=1)
+    fp32, _ = teacher_forced_metrics(student, _batches(tok, 2), teacher=teacher)
+    bf16, _ = teacher_forced_metrics(student, _batches(tok, 2), teacher=teacher, precision="bf16")
+    assert bf16["n_tokens"] == fp32["n_tokens"]
+    for key in ("student_nll", "forward_kl", "reverse_kl"):
+        assert bf16[key] == pytest.approx(fp32[key], rel=3e-2), key

@@ -410,6 +410,29 @@ def hidden_states_and_head(model, input_ids: torch.Tensor, attention_mask: torch
     return captured[0], weight, bias  # (B, T, H), (V, H), (V,) | None
 
 
+def head_scale(model) -> float | None:
+    """The final logit scale when `model`'s logits are scale·(hidden·Wᵀ + b) of a plain head; None when the
+    head carries an adapter or the architecture transforms its logits otherwise (e.g. soft-capping)."""
+    head = unwrap_model(model).get_output_embeddings()
+    if head is None or hasattr(head, "base_layer"):
+        return None
+    try:
+        return final_logit_scale(model)
+    except UserError:
+        return None
+
+
+def response_logits(model, batch: dict, valid: torch.Tensor) -> torch.Tensor:
+    """(N, V) logits at the `valid` (B, T) positions: the LM head runs on those N rows only, never
+    on the prompt and padding (B, T, V). Call under the run's autocast."""
+    scale = head_scale(model)
+    if scale is None:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[valid]
+    hidden, weight, bias = hidden_states_and_head(model, batch["input_ids"], batch["attention_mask"])  # (B, T, H)
+    logits = torch.nn.functional.linear(hidden[valid], weight, bias)  # (N, V)
+    return logits if scale == 1.0 else logits * scale
+
+
 def final_logit_scale(model) -> float:
     """The factor by which the architecture turns hidden·Wᵀ + b into its logits: 1, Cohere's
     config.logit_scale, or 1 / Granite's config.logits_scaling. A non-linear final transform

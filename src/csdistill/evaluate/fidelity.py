@@ -34,11 +34,16 @@ def teacher_forced_batches(records: Sequence[dict], tokenizer, template: str, ma
         yield collate(examples[start:start + batch_size], pad_id)
 
 
-def _valid_logits(model, batch: dict, mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """The model's float32 logits at the masked positions, shared vocabulary only -> (N, V)."""
+def _valid_logits(model, batch: dict, mask: torch.Tensor, vocab_size: int, precision: str = "fp32") -> torch.Tensor:
+    """The model's float32 logits at the masked positions, shared vocabulary only -> (N, V); the head runs on
+    those positions alone (not the prompt's). precision bf16: the model runs under bf16 autocast."""
+    from csdistill.models import autocast_for, response_logits
+
     device = next(model.parameters()).device
-    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-    return out.logits[mask.to(device)][:, :vocab_size].float().to(mask.device)  # (N, V)
+    moved = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+    with autocast_for(precision, device)():
+        logits = response_logits(model, moved, mask.to(device))  # (N, V_model)
+    return logits[:, :vocab_size].float().to(mask.device)  # (N, V)
 
 
 def _empty_sums(n_bins: int) -> dict:
@@ -47,8 +52,9 @@ def _empty_sums(n_bins: int) -> dict:
 
 
 @torch.no_grad()
-def batch_sums(student, batch: dict, vocab_size: int, teacher=None, n_bins: int = 15) -> dict:
-    """Sums over the batch's valid positions of every teacher-forced metric (teacher ones if teacher)."""
+def batch_sums(student, batch: dict, vocab_size: int, teacher=None, n_bins: int = 15, precision: str = "fp32") -> dict:
+    """Sums over the batch's valid positions of every teacher-forced metric (teacher ones if teacher); the
+    models' forwards under bf16 autocast when precision is bf16, the metric maths in float32."""
     from csdistill.losses import cross_entropy, csd, forward_kl, reverse_kl
     from csdistill.losses.reduce import IGNORE_INDEX, shift_labels
 
@@ -59,14 +65,14 @@ def batch_sums(student, batch: dict, vocab_size: int, teacher=None, n_bins: int 
         return sums
     targets = targets_all[mask]  # (N,)
     assert int(targets.max()) < vocab_size, "reference token outside the shared vocabulary"
-    s_logits = _valid_logits(student, batch, mask, vocab_size)  # (N, V)
+    s_logits = _valid_logits(student, batch, mask, vocab_size, precision)  # (N, V)
     log_q = torch.log_softmax(s_logits, dim=-1)
     confidence, top1 = log_q.max(dim=-1)  # (N,), (N,)
     sums["n_tokens"] = int(targets.numel())
     sums["nll"] = float(cross_entropy(s_logits, targets).sum())
     sums["hist"] = calibration_histogram(confidence.exp(), top1 == targets, n_bins)
     if teacher is not None:
-        t_logits = _valid_logits(teacher, batch, mask, vocab_size)  # (N, V)
+        t_logits = _valid_logits(teacher, batch, mask, vocab_size, precision)  # (N, V)
         sums["forward_kl"] = float(forward_kl(s_logits, t_logits).sum())
         sums["reverse_kl"] = float(reverse_kl(s_logits, t_logits).sum())
         sums["csd_ss"] = float(csd(s_logits, t_logits, weighting="SS").sum())
@@ -93,7 +99,7 @@ def finalize(sums: dict, has_teacher: bool, vocab_size: int) -> tuple[dict, dict
 
 
 def teacher_forced_metrics(student, batches, teacher=None, vocab_size: int | None = None, n_bins: int = 15,
-                           progress: bool = False) -> tuple[dict, dict]:
+                           progress: bool = False, precision: str = "fp32") -> tuple[dict, dict]:
     """(fidelity, calibration) over all batches; vocab_size None = the smaller of the two heads.
 
     fidelity: {student_nll, n_tokens, shared_vocab[, forward_kl, reverse_kl, csd_ss, top1_agreement]}
@@ -113,7 +119,7 @@ def teacher_forced_metrics(student, batches, teacher=None, vocab_size: int | Non
     try:
         total = _empty_sums(n_bins)
         for batch in tqdm(batches, desc="teacher forcing", disable=not progress, leave=False):
-            total = _add(total, batch_sums(student, batch, vocab_size, teacher, n_bins))
+            total = _add(total, batch_sums(student, batch, vocab_size, teacher, n_bins, precision))
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)

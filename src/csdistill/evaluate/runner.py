@@ -188,7 +188,7 @@ def _teacher_forced(model, tokenizer, records: list[dict], cfg: Config, teacher,
     batches = teacher_forced_batches(with_response, tokenizer, d.template, d.max_prompt_length, d.max_length,
                                      cfg.generation.batch_size)
     fidelity, calibration = teacher_forced_metrics(model, batches, teacher if cfg.eval.fidelity else None, vocab_size,
-                                                   cfg.eval.calibration_bins, progress)
+                                                   cfg.eval.calibration_bins, progress, cfg.model.precision)
     result = {"fidelity": fidelity, "calibration": calibration}
     if cache is not None and key is not None:
         cache[key] = result

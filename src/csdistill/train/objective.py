@@ -77,34 +77,9 @@ def _cached_rows(objective: Objective, batch: dict, labels: torch.Tensor, valid:
     return rows
 
 
-def _head_scale(model) -> float | None:
-    """The final logit scale when `model`'s logits are scale·(hidden·Wᵀ + b) of a plain head; None when the
-    head carries an adapter or the architecture transforms its logits otherwise (e.g. soft-capping)."""
-    from csdistill.models import final_logit_scale, unwrap_model
-
-    head = unwrap_model(model).get_output_embeddings()
-    if head is None or hasattr(head, "base_layer"):
-        return None
-    try:
-        return final_logit_scale(model)
-    except UserError:
-        return None
-
-
-def response_logits(model, batch: dict, valid: torch.Tensor) -> torch.Tensor:
-    """(N, V) logits at the `valid` (B, T) positions: the LM head runs on those N rows only, never
-    on the prompt and padding (B, T, V). Call under the run's autocast."""
-    from csdistill.models import hidden_states_and_head
-
-    scale = _head_scale(model)
-    if scale is None:
-        return _forward_logits(model, batch)[valid]
-    hidden, weight, bias = hidden_states_and_head(model, batch["input_ids"], batch["attention_mask"])  # (B, T, H)
-    logits = torch.nn.functional.linear(hidden[valid], weight, bias)  # (N, V)
-    return logits if scale == 1.0 else logits * scale
-
-
 def ce_term(objective: Objective, model, batch: dict, num_valid: torch.Tensor) -> torch.Tensor:
+    from csdistill.models import response_logits
+
     labels = shift_labels(batch["labels"])  # (B, T): label of the token each position predicts
     valid = valid_mask(labels)  # (B, T); the head and the loss maths run on the N valid rows only
     with objective.autocast():
