@@ -17,6 +17,7 @@ average is printed with the figures. --evaluate also times `evaluate_model` with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -145,10 +146,36 @@ def bench(name, model, tokenizer, module, threads, batch, n_prompts, gen, seeds)
               f"{rate:.0f} | {ours / rate:.2f} |", flush=True)
 
 
-def time_evaluate(model, tokenizer, teacher) -> None:
+def _full_logits(model, batch, mask, vocab_size, precision="fp32"):
+    """The teacher-forced pass before: full (B, T, V) float32 logits, masked afterwards."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return out.logits[mask][:, :vocab_size].float()
+
+
+@contextlib.contextmanager
+def evaluation_before(module):
+    """evaluate_model as it ran with the per-seed decoder: one decoding per seed, full-logit fidelity in fp32."""
+    import csdistill.evaluate.fidelity as fidelity
+    import csdistill.generation as generation
+
+    def per_seed(model, tokenizer, prompts, gen, seeds, max_prompt_length=256, batch_size=None, progress=False,
+                 what="", precision="fp32"):
+        draws = list(seeds) if gen.do_sample else list(seeds)[:1]
+        texts = [module.generate_texts(model, tokenizer, prompts, gen, s, max_prompt_length, batch_size) for s in draws]
+        return texts if gen.do_sample else texts * len(seeds)
+
+    saved = generation.generate_seed_texts, fidelity._valid_logits
+    generation.generate_seed_texts, fidelity._valid_logits = per_seed, _full_logits
+    try:
+        yield
+    finally:
+        generation.generate_seed_texts, fidelity._valid_logits = saved
+
+
+def time_evaluate(model, tokenizer, teacher, module) -> None:
     """evaluate_model as the real-model table runs it, one thread: 40 prompts, greedy + 5 seeds of <= 80 tokens in
     batches of 16 prompts, and the teacher-forced pass with the teacher's fidelity; the references are the
-    teacher's greedy answers. fp32 and bf16-autocast decoding."""
+    teacher's greedy answers. Before (per-seed decoder, full-logit fp32 pass), fp32 and bf16-autocast now."""
     from csdistill.evaluate.runner import evaluate_model
 
     torch.set_num_threads(1)
@@ -157,21 +184,25 @@ def time_evaluate(model, tokenizer, teacher) -> None:
     prompts = table_prompts(tokenizer, 40)
     answers = generate_seed_texts(teacher, tokenizer, prompts, greedy, [0], 128)[0]
     records = [{**r, "prompt": p, "response": a} for r, p, a in zip(records, prompts, answers)]
-    for precision in ("fp32", "bf16"):
+    variants = [("before", "fp32", evaluation_before(module) if module else None), ("now", "fp32", None),
+                ("now", "bf16", None)]
+    for name, precision, context in variants:
+        if name == "before" and context is None:
+            continue
         forced: dict = {}  # one teacher-forced pass serves both decodings, as in compare
         parts = []
-        for greedy_pass in ("true", "false"):
-            cfg = load_config(None, ["train.mode=sft", "generation.max_new_tokens=80", "generation.batch_size=16",
-                                     "data.max_prompt_length=128", "data.max_length=256", "data.template=prompt",
-                                     "eval.seeds=[10,20,30,40,50]", f"eval.greedy={greedy_pass}",
-                                     f"model.precision={precision}"])
-            start = time.perf_counter()
-            evaluate_model(model, tokenizer, {"test": records}, cfg, teacher=teacher, progress=False,
-                           teacher_forced=forced)
-            parts.append(time.perf_counter() - start)
-        print(f"evaluate_model at the real-model table's settings, {precision} decoding, one thread: "
-              f"{sum(parts):.0f} s (greedy + teacher-forced pass {parts[0]:.0f} s, 5 sampled seeds {parts[1]:.0f} s)",
-              flush=True)
+        with context or contextlib.nullcontext():
+            for greedy_pass in ("true", "false"):
+                cfg = load_config(None, ["train.mode=sft", "generation.max_new_tokens=80", "generation.batch_size=16",
+                                         "data.max_prompt_length=128", "data.max_length=256", "data.template=prompt",
+                                         "eval.seeds=[10,20,30,40,50]", f"eval.greedy={greedy_pass}",
+                                         f"model.precision={precision}"])
+                start = time.perf_counter()
+                evaluate_model(model, tokenizer, {"test": records}, cfg, teacher=teacher, progress=False,
+                               teacher_forced=forced)
+                parts.append(time.perf_counter() - start)
+        print(f"evaluate_model at the real-model table's settings, {name}, {precision}, one thread: {sum(parts):.0f} s "
+              f"(greedy + teacher-forced pass {parts[0]:.0f} s, 5 sampled seeds {parts[1]:.0f} s)", flush=True)
 
 
 def main() -> None:
@@ -204,7 +235,7 @@ def main() -> None:
                     bench(name, model, tokenizer, module, threads, batch, n, gen, seeds)
         if args.evaluate or args.evaluate_only:
             teacher = load_model(args.teacher or args.model[0]).eval()
-            time_evaluate(model, tokenizer, teacher)
+            time_evaluate(model, tokenizer, teacher, module)
     print(f"# load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
 
 
