@@ -173,3 +173,27 @@ def test_a_second_decoding_of_the_same_model_reuses_the_teacher_forced_pass(save
     longer = evaluate_model(model, tok, sets, load_config(None, [*FAST, "train.mode=sft", "data.max_prompt_length=6", "data.max_length=8"]), teacher=teacher,
                             progress=False, teacher_forced=forced)
     assert len(calls) == 2 and longer["sets"]["forced_reuse"]["fidelity"] != greedy["sets"]["forced_reuse"]["fidelity"]
+
+
+def test_sets_that_ask_the_same_prompts_decode_once_and_score_against_their_own_references(saved, tmp_path,
+                                                                                           monkeypatch):
+    calls = _count_generate_calls(monkeypatch)
+    human = [{"instruction": "Describe a cat.", "response": "a cat is small"},
+             {"instruction": "Name a colour.", "response": "blue"}]
+    teacher = [{**r, "response": answer} for r, answer in zip(human, ["cats purr softly", "red and green"])]
+    other = [{"instruction": "Describe a dog.", "response": "a dog barks"}, human[1]]
+    tok, model = tiny_tokenizer(), tiny_model(seed=0)
+    cfg = load_config(None, [*FAST, "train.mode=sft"])
+    sets = {"human": human, "teacher": teacher, "other": other}
+    results = evaluate_model(model, tok, sets, cfg, out_dir=tmp_path / "e", progress=False)
+    assert calls == [[10, 20], [10, 20]]  # human and teacher ask the same prompts: one decoding; other differs
+    rows = {name: [json.loads(line) for line in (tmp_path / "e" / "generations" / f"{name}.seed20.jsonl").open()]
+            for name in sets}
+    assert [r["prediction"] for r in rows["human"]] == [r["prediction"] for r in rows["teacher"]]
+    assert [r["references"] for r in rows["teacher"]] == [["cats purr softly"], ["red and green"]]
+    nll = {name: results["sets"][name]["fidelity"]["student_nll"] for name in sets}
+    assert nll["human"] != nll["teacher"]  # teacher-forced on each set's own responses
+    # The same as each set alone would give (and a rerun of one set reuses its own saved passes).
+    calls.clear()
+    alone = evaluate_model(model, tok, {"teacher": teacher}, cfg, out_dir=tmp_path / "alone", progress=False)
+    assert calls == [[10, 20]] and alone["sets"]["teacher"] == results["sets"]["teacher"]

@@ -148,14 +148,26 @@ def read_finished_set(path: Path, key: str) -> dict | None:
 
 
 def _generate_passes(model, tokenizer, name: str, prompts: list[str], references: list[list[str]], cfg: Config,
-                     base_key: dict, out_dir: Path | None, progress: bool) -> tuple[list[list[str]], list[str]]:
-    """Predictions of every pass (reused from disk when complete and keyed alike) and their file names."""
+                     base_key: dict, out_dir: Path | None, progress: bool,
+                     memo: dict | None = None) -> tuple[list[list[str]], list[str]]:
+    """Predictions of every pass (reused from disk when complete and keyed alike) and their file names.
+
+    The key is the prompts, not the records: two sets that ask the same prompts (e.g. one scored against
+    human references, one against the teacher's answers) decode once. memo: the caller's {key: predictions}
+    of passes decoded in this evaluation, shared by its sets."""
     from csdistill.generation import generate_seed_texts
 
     gen, passes = generation_passes(cfg)
-    keys = [stable_hash({**base_key, "generation": dataclasses.asdict(gen), "seed": seed}) for _, seed in passes]
+    prompts_key = {**base_key, "prompts": stable_hash(prompts)}
+    keys = [stable_hash({**prompts_key, "generation": dataclasses.asdict(gen), "seed": seed}) for _, seed in passes]
     paths = [out_dir / "generations" / f"{name}.{tag}.jsonl" if out_dir else None for tag, _ in passes]
+    memo = {} if memo is None else memo
     predictions = [read_generations(path, key, len(prompts)) if path else None for path, key in zip(paths, keys)]
+    for k, key in enumerate(keys):  # another set's pass: saved as this set's too, with this set's references
+        if predictions[k] is None and key in memo:
+            predictions[k] = memo[key]
+            if paths[k]:
+                write_generations(paths[k], key, prompts, predictions[k], references)
     missing = [k for k, preds in enumerate(predictions) if preds is None]
     if missing:  # every missing seed in one batched decoding; a seed draws the same alone or beside others
         texts = generate_seed_texts(model, tokenizer, prompts, gen, [passes[k][1] for k in missing],
@@ -166,6 +178,7 @@ def _generate_passes(model, tokenizer, name: str, prompts: list[str], references
             predictions[k] = preds
             if paths[k]:
                 write_generations(paths[k], keys[k], prompts, preds, references)
+    memo.update(zip(keys, predictions))
     files = [f"generations/{name}.{tag}.jsonl" if path else None for (tag, _), path in zip(passes, paths)]
     predictions = [list(preds) for preds in predictions]
     return predictions, files
@@ -197,12 +210,14 @@ def _teacher_forced(model, tokenizer, records: list[dict], cfg: Config, teacher,
 
 def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, *, teacher=None,
                  out_dir: Path | None = None, keys: dict | None = None, vocab_size: int | None = None,
-                 progress: bool = True, encoder=None, teacher_forced: dict | None = None) -> dict:
+                 progress: bool = True, encoder=None, teacher_forced: dict | None = None,
+                 generations: dict | None = None) -> dict:
     """Every metric of one set; a finished set on disk with the same key is returned as is.
 
     keys: {"model", "teacher"} weight fingerprints (see model_fingerprint) that the resume keys include.
     encoder: the eval.semantic encoder when already loaded (else loaded here when eval.semantic is set).
     teacher_forced: the caller's cache of teacher-forced passes of this model (see _teacher_forced).
+    generations: the caller's cache of this model's decoded passes (see _generate_passes).
     """
     from csdistill.data.templates import build_prompt
     from csdistill.generation import SAMPLER
@@ -210,16 +225,17 @@ def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, 
     gen, passes = generation_passes(cfg)
     d = cfg.data
     keys = keys or {}
-    base_key = {"model": keys.get("model"), "records": stable_hash(records), "template": d.template,
-                "max_prompt_length": d.max_prompt_length,  # what the generations depend on
+    base_key = {"model": keys.get("model"), "template": d.template,
+                "max_prompt_length": d.max_prompt_length,  # what the generations depend on, with the prompts
                 "decoder": {"sampler": SAMPLER, "precision": cfg.model.precision}}
-    set_key = stable_hash({**base_key, "teacher": keys.get("teacher"), "generation": dataclasses.asdict(gen), "passes": passes,
+    records_key = {**base_key, "records": stable_hash(records)}
+    set_key = stable_hash({**records_key, "teacher": keys.get("teacher"), "generation": dataclasses.asdict(gen), "passes": passes,
                            "max_length": d.max_length, "fidelity": cfg.eval.fidelity,
                            "bins": cfg.eval.calibration_bins, "comet": cfg.eval.comet_model,
                            # only when on: sets finished before eval.semantic existed keep their key
                            **({"semantic": cfg.eval.semantic} if cfg.eval.semantic else {}),
                            "version": METRICS_VERSION})
-    forced_key = stable_hash({**base_key, "teacher": keys.get("teacher"), "max_length": d.max_length,
+    forced_key = stable_hash({**records_key, "teacher": keys.get("teacher"), "max_length": d.max_length,
                               "fidelity": cfg.eval.fidelity, "bins": cfg.eval.calibration_bins, "batch": cfg.generation.batch_size,
                               "vocab_size": vocab_size}) if keys.get("model") else None
     finished = read_finished_set(out_dir / "sets" / f"{name}.json", set_key) if out_dir else None
@@ -232,7 +248,8 @@ def evaluate_set(model, tokenizer, name: str, records: list[dict], cfg: Config, 
         raise UserError(f"set {name!r}: no record has a 'response' or 'references' and none names a 'task'; "
                          "nothing to score against (vicuna: import with --answers)")
     prompts = [build_prompt(r, d.template) for r in records]
-    predictions, files = _generate_passes(model, tokenizer, name, prompts, references, cfg, base_key, out_dir, progress)
+    predictions, files = _generate_passes(model, tokenizer, name, prompts, references, cfg, base_key, out_dir, progress,
+                                          generations)
     try:
         scores = task_scores(predictions, records, specs)
     except ValueError as err:  # a record the task cannot parse
@@ -297,10 +314,11 @@ def evaluate_model(model, tokenizer, sets: Sequence[str] | dict, cfg: Config, te
                "run": run_info(cfg, train_cfg), "config": to_dict(cfg), "sets": {}}
     if label:
         results["label"] = label
+    generations: dict = {}  # sets that ask the same prompts share their decodings
     for name, records in loaded.items():
         results["sets"][name] = evaluate_set(model, tokenizer, name, records, cfg, teacher=teacher, out_dir=out,
                                              keys=keys, vocab_size=vocab_size, progress=progress, encoder=encoder,
-                                             teacher_forced=teacher_forced)
+                                             teacher_forced=teacher_forced, generations=generations)
         if out:
             _write_atomic(out / "results.json", json.dumps(results, indent=1))
     return results
