@@ -268,4 +268,9 @@ def test_respond_answers_sharegpt_records_under_the_teachers_chat_template(tmp_p
     rows = load_records(tmp_path / "out" / "test.jsonl", require_response=False).records
     assert [r["prompt"] for r in rows] == [f"<user>say {i}\u2028now\n<assistant>" for i in range(3)]
     assert [r["gold_response"] for r in rows] == ["ref 0", "ref 1", "ref 2"] and rows[0]["id"] == "q0"
+    # The quality set (ChatGPT references) and the fidelity set (the teacher's answers) ask the same prompt
+    # strings, so an evaluation decodes them once for both.
+    from csdistill.data.templates import build_prompt
+    quality = load_records(prompts, tokenizer=tokenizer).records
+    assert [build_prompt(r, "prompt") for r in quality] == [build_prompt(r, "prompt") for r in rows]
     assert respond(str(teacher), str(prompts), str(tmp_path / "out"), max_new_tokens=4, batch_size=2) == {"test": (0, 3)}
