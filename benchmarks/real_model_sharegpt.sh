@@ -12,13 +12,14 @@
 # and evaluated sets), so run it again after an interruption. Arguments are dotted overrides for both `compare`
 # calls (e.g. train.max_steps=60 "eval.seeds=[10,20]"); SEEDS=0,1 overrides the training seeds.
 #
-# Cost on 2 AMD EPYC cores without AMX, from a pilot (benchmarks/RESULTS.md, "The real-model table v2 (ShareGPT):
-# pilot and cost"): a KD step with the live teacher ~14 s on one core (5.4 GB RSS), a teacher/student answer of
-# <= 192 tokens ~3.7 s per prompt. Preparation ~45 min (mostly the teacher answering 680 prompts); training
-# 48 runs (8 trained rows x (3 sweep lrs + 3 seeds)) of 120 steps, ~30 min each, two at a time: ~12 h;
-# evaluation: sweep ~0.5 h, then 26 models x 2 sets x 6 decodings x 160 prompts, ~2 h a model: ~26 h.
-# About 40 h in all: it does not fit one sitting on this CPU (hence resumable); on one GPU it does. Cut it
-# down with e.g. `bash benchmarks/real_model_sharegpt.sh train.max_steps=60 "eval.seeds=[10,20]"`.
+# Cost on 2 AMD EPYC cores without AMX (benchmarks/RESULTS.md, "The real-model table v2 (ShareGPT): pilot and
+# cost"): a KD step of batch 8 ~13 s on one core (from the exact cache or the live teacher: the student's own
+# forward and backward are the step), a teacher answer of <= 192 tokens ~2.2 s a prompt (batch 16), evaluating
+# one model on the 160 test prompts (both sets decode once: they ask the same prompts) ~15 min on one core.
+# Preparation ~0.5 h; training 48 runs (8 trained rows x (3 sweep lrs + 3 seeds)) of 120 steps, ~28 min each:
+# ~22 core-hours; evaluation ~7 core-hours. About 15 h on the 2 cores: it does not fit one sitting on this CPU
+# (hence resumable); on one GPU it does. Cut it down with e.g.
+# `bash benchmarks/real_model_sharegpt.sh train.max_steps=60`.
 set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 CONFIG=configs/real_smollm2_sharegpt.yaml
