@@ -193,7 +193,7 @@ def test_sets_that_ask_the_same_prompts_decode_once_and_score_against_their_own_
     assert [r["references"] for r in rows["teacher"]] == [["cats purr softly"], ["red and green"]]
     nll = {name: results["sets"][name]["fidelity"]["student_nll"] for name in sets}
     assert nll["human"] != nll["teacher"]  # teacher-forced on each set's own responses
-    # The same as each set alone would give (and a rerun of one set reuses its own saved passes).
+    # Shared decodings change nothing: the set evaluated alone decodes once and scores the same.
     calls.clear()
     alone = evaluate_model(model, tok, {"teacher": teacher}, cfg, out_dir=tmp_path / "alone", progress=False)
     assert calls == [[10, 20]] and alone["sets"]["teacher"] == results["sets"]["teacher"]
